@@ -1,0 +1,219 @@
+"""BABILong: bAbI facts hidden, in order, at random positions among book sentences.
+
+The assembly follows BABILong: one sample per bAbI question, the story's facts up to that question
+keep their order and take uniformly random slots among contiguous runs of noise sentences; one chunk
+is one sentence. Lengths are set in tokens of the embedder's tokenizer (measured, not guessed) or in
+sentences, as in the paper's table :data:`PAPER_SENTENCES`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qrag_gym.data.babi import SPLIT_RULE, TASKS, BabiSample, check_task, load_babi_task, split_samples
+from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
+from qrag_gym.data.paths import find_data_subdir, require_data_subdir
+from qrag_gym.embedding import count_tokens, load_tokenizer
+from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
+from qrag_gym.episode import Episode
+
+logger = logging.getLogger(__name__)
+
+PAPER_SENTENCES = {"1K": 50, "4K": 160, "32K": 1_200, "128K": 4_600, "1M": 40_000, "10M": 400_000}
+"""num_sentences the paper uses for each context length (about 20-25 tokens per sentence)."""
+
+SOURCES = ("auto", "real", "generated")
+GENERATED_STORIES = 2_000
+_CAPACITY_SLACK = 1.5
+
+
+@dataclass
+class BabilongSource:
+    """The samples and noise one split of one task draws from, with the tokens of every noise sentence."""
+
+    samples: list[BabiSample]
+    noise: NoiseCorpus
+    noise_tokens: np.ndarray
+    label: str
+
+    @property
+    def max_facts(self) -> int:
+        return max(len(s.facts) for s in self.samples)
+
+
+def load_source(task: str, split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> BabilongSource:
+    """Resolve real data (``babi/en-10k`` + ``noise/gutenberg``) or the offline generator.
+
+    ``source="auto"`` takes real data when the data folder is found and falls back to generated
+    stories with synthetic noise otherwise (logged, and labelled in every episode's ``source``).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
+    check_task(task)
+    tokenizer = load_tokenizer(tokenizer_name)
+    babi_dir = find_data_subdir("babi/en-10k", data_dir) if source == "auto" else None
+    if source == "real" or babi_dir is not None:
+        babi_dir = require_data_subdir("babi/en-10k", data_dir)
+        noise = load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), split)
+        samples = split_samples(load_babi_task(babi_dir, task), split)
+        label = "babi-real+gutenberg"
+    else:
+        from qrag_gym.data.babi_generator import generate_babi_samples  # only needed offline
+
+        logger.warning("no bAbI data folder found: using generated stories and synthetic noise (not benchmark data)")
+        noise = synthetic_corpus()
+        offset = 0 if split == "train" else 1  # distinct generator streams per split
+        pool = generate_babi_samples(task, np.random.default_rng(offset), GENERATED_STORIES)
+        samples = split_samples(pool, split)
+        label = "babi-generated+synthetic-noise"
+    return BabilongSource(samples, noise, count_tokens(tokenizer, noise.sentences), label)
+
+
+_SOURCE_CACHE: dict[tuple[Any, ...], BabilongSource] = {}
+
+
+def cached_source(task: str, split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> BabilongSource:
+    """:func:`load_source`, once per process per argument set (vector envs share one copy)."""
+    key = (task, split, source, str(data_dir), tokenizer_name)
+    if key not in _SOURCE_CACHE:
+        _SOURCE_CACHE[key] = load_source(task, split, source, data_dir, tokenizer_name)
+    return _SOURCE_CACHE[key]
+
+
+def assemble(
+    sample: BabiSample,
+    source: BabilongSource,
+    rng: np.random.Generator,
+    fact_tokens: np.ndarray,
+    context_tokens: int | None,
+    num_sentences: int | None,
+    max_chunks: int,
+) -> Episode:
+    """Hide ``sample``'s facts among noise: ``num_sentences`` chunks, or up to ``context_tokens`` tokens."""
+    n_facts = len(sample.facts)
+    budget_chunks = max_chunks - n_facts
+    if num_sentences is not None:
+        noise_index = source.noise.sample_runs(rng, min(max(num_sentences - n_facts, 0), budget_chunks))
+    else:
+        need = max(int(context_tokens) - int(fact_tokens.sum()), 0)
+        mean = float(source.noise_tokens.mean())
+        noise_index = source.noise.sample_runs(rng, min(int(need / mean * 1.2) + 64, budget_chunks))
+        while (noise_index.size < budget_chunks
+               and int(source.noise_tokens[noise_index].sum()) < need):  # a run of short sentences
+            more = source.noise.sample_runs(rng, min(int(need / mean * 0.2) + 64, budget_chunks - noise_index.size))
+            noise_index = np.concatenate([noise_index, more])
+        cumulative = np.cumsum(source.noise_tokens[noise_index])
+        noise_index = noise_index[: int(np.searchsorted(cumulative, need)) + 1] if need else noise_index[:0]
+    total = n_facts + noise_index.size
+    fact_slots = np.sort(rng.choice(total, size=n_facts, replace=False))
+    is_fact = np.zeros(total, dtype=bool)
+    is_fact[fact_slots] = True
+    chunks: list[str] = [""] * total
+    for slot, fact in zip(fact_slots, sample.facts):
+        chunks[slot] = fact
+    noise_slots = np.flatnonzero(~is_fact)
+    sentences = source.noise.sentences
+    for slot, index in zip(noise_slots.tolist(), noise_index.tolist()):
+        chunks[slot] = sentences[index]
+    tokens = int(fact_tokens.sum() + source.noise_tokens[noise_index].sum())
+    return Episode(
+        chunks=tuple(chunks),
+        question=sample.question,
+        answer=sample.answer,
+        supporting_ids=tuple(sorted(int(fact_slots[i]) for i in sample.supporting)),
+        source=source.label,
+        task=sample.task,
+        num_tokens=tokens,
+        meta={"story_index": sample.story_index, "num_facts": n_facts},
+    )
+
+
+class BabilongEnv(RetrievalEnv):
+    """``QRAG-Babilong-v0``: find the supporting facts of a bAbI question hidden in book text.
+
+    ## Description
+    One episode = one bAbI question (tasks qa1..qa5) whose story facts are scattered, in order, among
+    noise sentences from public-domain books; one chunk per sentence. See :class:`RetrievalEnv` for
+    spaces, rewards and episode end.
+
+    ## Arguments
+    - ``task``: "qa1".."qa5".
+    - ``context_tokens`` (default 4000) or ``num_sentences`` (the paper's unit; see
+      :data:`PAPER_SENTENCES`); give at most one.
+    - ``split``: "train" or "validation" (held-out stories *and* held-out books; the rule is in
+      ``info["split_rule"]``).
+    - ``max_steps`` (default 6, the authors' BabiLong setting), ``reward``, ``penalize_extra_steps``,
+      ``never_terminate``, ``invalid_action_penalty`` as in :class:`RetrievalEnv`.
+    - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
+      else the user data folder); ``source``: "auto", "real" or "generated".
+    - ``max_chunks``: size of the action space; by default enough for the length asked.
+    - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
+
+    ## Version history
+    - v0: first release.
+    """
+
+    def __init__(
+        self,
+        task: str = "qa1",
+        context_tokens: int | None = None,
+        num_sentences: int | None = None,
+        split: str = "train",
+        max_steps: int = 6,
+        reward: str = "shaped",
+        penalize_extra_steps: bool = True,
+        never_terminate: bool = False,
+        invalid_action_penalty: float = -0.1,
+        data_dir: str | None = None,
+        source: str = "auto",
+        max_chunks: int | None = None,
+        embedder: str | TextEmbedder | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if context_tokens is not None and num_sentences is not None:
+            raise ValueError("give context_tokens or num_sentences, not both")
+        if context_tokens is None and num_sentences is None:
+            context_tokens = 4_000
+        length = context_tokens if context_tokens is not None else num_sentences
+        if int(length) < 1:
+            raise ValueError(f"context length must be positive, got {length}")
+        tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
+        self.task, self.split = check_task(task), split
+        self.context_tokens, self.num_sentences = context_tokens, num_sentences
+        self._source = cached_source(task, split, source, data_dir, tokenizer_name)
+        if not self._source.samples:
+            raise ValueError(f"no {split} samples for {task}")
+        self._tokenizer = load_tokenizer(tokenizer_name)
+        self._fact_tokens: dict[str, int] = {}
+        if max_chunks is None:
+            if num_sentences is not None:
+                noise_chunks = num_sentences
+            else:
+                min_mean = float(np.mean(self._source.noise_tokens))
+                noise_chunks = int(context_tokens / min_mean * _CAPACITY_SLACK) + 64
+            max_chunks = noise_chunks + self._source.max_facts
+        super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
+                         invalid_action_penalty, embedder, render_mode)
+
+    def _tokens_of(self, facts: tuple[str, ...]) -> np.ndarray:
+        unknown = [f for f in facts if f not in self._fact_tokens]
+        for fact, n in zip(unknown, count_tokens(self._tokenizer, unknown)):
+            self._fact_tokens[fact] = int(n)
+        return np.array([self._fact_tokens[f] for f in facts], dtype=np.int64)
+
+    def _sample_episode(self) -> Episode:
+        samples = self._source.samples
+        sample = samples[int(self.np_random.integers(len(samples)))]
+        return assemble(sample, self._source, self.np_random, self._tokens_of(sample.facts),
+                        self.context_tokens, self.num_sentences, self.max_chunks)
+
+    def _episode_info(self) -> dict[str, Any]:
+        return {"split": self.split, "split_rule": f"stories: {SPLIT_RULE}; books: {BOOK_SPLIT_RULE}"}
+
+
+__all__ = ["BabilongEnv", "PAPER_SENTENCES", "TASKS", "assemble", "load_source"]

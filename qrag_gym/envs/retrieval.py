@@ -1,0 +1,252 @@
+"""The retrieval MDP shared by every benchmark: pick, one step at a time, the chunks a question needs.
+
+Subclasses only say how an :class:`~qrag_gym.episode.Episode` is drawn (``_sample_episode``); the
+spaces, masks, reward, termination, info and rendering live here once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from qrag_gym.embedding import TextEmbedder, shared_embedder
+from qrag_gym.episode import Episode
+
+QUESTION_MAX_CHARS = 2048
+TEXT_CHARSET = "".join(chr(c) for c in range(0x20, 0xFFFF) if not 0xD800 <= c <= 0xDFFF) + "\n\t"
+"""Every printable BMP character, so real questions (HotpotQA's accents and dashes too) fit ``Text``."""
+
+REWARD_VARIANTS = ("shaped", "binary")
+
+
+class InvalidActionError(ValueError):
+    """An action outside ``Discrete(max_chunks)``: not an int, or out of range."""
+
+
+class RetrievalEnv(gym.Env, ABC):
+    """Multi-step retrieval over one long document per episode.
+
+    ## Description
+    Each episode is one question over a document cut into chunks. At every step the agent selects one
+    chunk it has not selected before; the state is the question plus the selected chunks in document
+    order. A perfect agent selects exactly the supporting chunks.
+
+    ## Action space
+    ``Discrete(max_chunks)``: a chunk index. Only indices ``< num_chunks`` not yet selected are valid;
+    the mask is given three ways: ``obs["action_mask"]``, ``info["action_mask"]`` and
+    :meth:`action_masks` (for sb3-contrib's MaskablePPO). A *masked* action (already selected, or a
+    padding index past the document's end) is a no-op that still uses a step, pays
+    ``invalid_action_penalty`` and sets ``info["invalid_action"]``; an action outside the space
+    raises :class:`InvalidActionError`.
+
+    ## Observation space
+    ``Dict(question=Text, selected=Box(-1, max_chunks-1, (max_steps,)), action_mask=MultiBinary(max_chunks))``.
+    ``selected`` holds the selected chunk ids in document order, padded with -1. Chunk texts are at
+    ``env.unwrapped.chunks`` (never copied into observations).
+
+    ## Rewards (``reward=``)
+    - ``"shaped"`` (the authors' code): 0 on every step except the first one at which every supporting
+      chunk is selected; that step pays ``0.5 + 0.5 * k / |selected|`` with ``penalize_extra_steps``
+      (k = number of supporting chunks), else 1.
+    - ``"binary"`` (the paper's text): 1 on the episode's last step if every supporting chunk is
+      selected then, else 0.
+
+    ## Episode end
+    Terminated when every supporting chunk is selected, unless ``never_terminate`` (the authors'
+    training setting, which always runs ``max_steps``). Truncated after ``max_steps`` steps or when no
+    chunk is left.
+
+    ## Embedder-scored actions
+    With ``embedder=`` (a model id/path, or a :class:`TextEmbedder`), :meth:`chunk_vectors` encodes the
+    document once per episode and :meth:`score` rates every available chunk against a query vector
+    with one matrix product, so agents never re-encode a chunk.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        max_chunks: int,
+        max_steps: int,
+        reward: str = "shaped",
+        penalize_extra_steps: bool = True,
+        never_terminate: bool = False,
+        invalid_action_penalty: float = -0.1,
+        embedder: str | TextEmbedder | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if reward not in REWARD_VARIANTS:
+            raise ValueError(f"unknown reward variant {reward!r}; choose one of {REWARD_VARIANTS}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unsupported render_mode {render_mode!r}; only 'ansi'")
+        self.max_chunks = int(max_chunks)
+        self.max_steps = int(max_steps)
+        self.reward_variant = reward
+        self.penalize_extra_steps = penalize_extra_steps
+        self.never_terminate = never_terminate
+        self.invalid_action_penalty = float(invalid_action_penalty)
+        self.render_mode = render_mode
+        self._embedder_spec = embedder
+        self.action_space = spaces.Discrete(self.max_chunks)
+        self.observation_space = spaces.Dict(
+            {
+                "question": spaces.Text(QUESTION_MAX_CHARS, charset=TEXT_CHARSET),
+                "selected": spaces.Box(-1, self.max_chunks - 1, shape=(self.max_steps,), dtype=np.int64),
+                "action_mask": spaces.MultiBinary(self.max_chunks),
+            }
+        )
+        self.episode: Episode | None = None
+        self._vectors: np.ndarray | None = None
+
+    # ----- what subclasses provide -------------------------------------------------------------
+    @abstractmethod
+    def _sample_episode(self) -> Episode:
+        """Draw one episode using ``self.np_random`` only (that is what makes seeds reproducible)."""
+
+    def _episode_info(self) -> dict[str, Any]:
+        """Extra per-episode facts for ``info`` (split, task, ...)."""
+        return {}
+
+    # ----- episode state ---------------------------------------------------------------------------
+    @property
+    def chunks(self) -> tuple[str, ...]:
+        return self._require_episode().chunks
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self._require_episode().chunks)
+
+    @property
+    def question(self) -> str:
+        return self._require_episode().question
+
+    @property
+    def selected(self) -> list[int]:
+        """Selected chunk ids in the order they were selected."""
+        return list(self._selected)
+
+    def _require_episode(self) -> Episode:
+        if self.episode is None:
+            raise RuntimeError("call reset() before using the environment")
+        return self.episode
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        episode = (options or {}).get("episode") or self._sample_episode()
+        if len(episode.chunks) > self.max_chunks:
+            raise ValueError(f"episode has {len(episode.chunks)} chunks; this env holds at most {self.max_chunks}")
+        self.episode = episode
+        self._selected: list[int] = []
+        self._mask = np.zeros(self.max_chunks, dtype=np.int8)
+        self._mask[: len(episode.chunks)] = 1
+        self._steps = 0
+        self._completed = False
+        self._vectors = None
+        return self._observation(), self._info(invalid=False)
+
+    def step(self, action: Any) -> tuple[dict[str, Any], SupportsFloat, bool, bool, dict[str, Any]]:
+        episode = self._require_episode()
+        index = self._check_action(action)
+        invalid = not self._mask[index]
+        self._steps += 1
+        reward = 0.0
+        if invalid:
+            reward = self.invalid_action_penalty
+        else:
+            self._selected.append(index)
+            self._mask[index] = 0
+        newly_complete = not self._completed and set(episode.supporting_ids) <= set(self._selected)
+        self._completed = self._completed or newly_complete
+        terminated = self._completed and not self.never_terminate
+        truncated = not terminated and (self._steps >= self.max_steps or not self._mask.any())
+        if self.reward_variant == "shaped" and newly_complete:
+            share = len(episode.supporting_ids) / len(self._selected)
+            reward += 0.5 + 0.5 * share if self.penalize_extra_steps else 1.0
+        elif self.reward_variant == "binary" and (terminated or truncated) and self._completed:
+            reward += 1.0
+        return self._observation(), reward, terminated, truncated, self._info(invalid)
+
+    def _check_action(self, action: Any) -> int:
+        try:
+            index = int(action)
+        except (TypeError, ValueError) as err:
+            raise InvalidActionError(f"action must be an integer chunk index, got {action!r}") from err
+        if index != action or not 0 <= index < self.max_chunks:
+            raise InvalidActionError(f"action {action!r} is outside Discrete({self.max_chunks})")
+        return index
+
+    def action_masks(self) -> np.ndarray:
+        """Boolean mask of valid actions (the method sb3-contrib's MaskablePPO looks for)."""
+        return self._mask.astype(bool)
+
+    def _observation(self) -> dict[str, Any]:
+        selected = np.full(self.max_steps, -1, dtype=np.int64)
+        in_order = sorted(self._selected)[: self.max_steps]
+        selected[: len(in_order)] = in_order
+        return {
+            "question": self._require_episode().question[:QUESTION_MAX_CHARS],
+            "selected": selected,
+            "action_mask": self._mask.copy(),
+        }
+
+    def _info(self, invalid: bool) -> dict[str, Any]:
+        episode = self._require_episode()
+        return {
+            "question": episode.question,
+            "answer": episode.answer,
+            "supporting_ids": episode.supporting_ids,
+            "hits": sorted(set(episode.supporting_ids) & set(self._selected)),
+            "selected_order": list(self._selected),
+            "num_chunks": len(episode.chunks),
+            "num_tokens": episode.num_tokens,
+            "source": episode.source,
+            "task": episode.task,
+            "steps": self._steps,
+            "completed": self._completed,
+            "invalid_action": invalid,
+            "action_mask": self._mask.astype(bool),
+            **self._episode_info(),
+        }
+
+    # ----- embedder-scored action space ----------------------------------------------------------
+    @property
+    def embedder(self) -> TextEmbedder:
+        """The embedder named at construction (shared per process), loaded on first use."""
+        spec = self._embedder_spec
+        if isinstance(spec, TextEmbedder):
+            return spec
+        self._embedder_spec = shared_embedder(spec)
+        return self._embedder_spec
+
+    def chunk_vectors(self) -> np.ndarray:
+        """``(num_chunks, dim)`` vectors of this episode's chunks, encoded once per episode."""
+        if self._vectors is None:
+            self._vectors = self.embedder.encode(self.chunks)
+        return self._vectors
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        """Score of every action for a query vector: ``-inf`` where masked, length ``max_chunks``."""
+        scores = np.full(self.max_chunks, -np.inf, dtype=np.float32)
+        scores[: self.num_chunks] = self.chunk_vectors() @ np.asarray(query, dtype=np.float32)
+        scores[self._mask == 0] = -np.inf
+        return scores
+
+    # ----- rendering ----------------------------------------------------------------------------
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        episode = self._require_episode()
+        lines = [f"Q: {episode.question}   (answer: {episode.answer})",
+                 f"document: {len(episode.chunks)} chunks, {episode.num_tokens} tokens, source {episode.source}"]
+        for index in sorted(self._selected):
+            mark = "*" if index in episode.supporting_ids else " "
+            lines.append(f" {mark} [{index:>7}/{len(episode.chunks)}] {episode.chunks[index]}")
+        missing = sorted(set(episode.supporting_ids) - set(self._selected))
+        lines.append(f"step {self._steps}/{self.max_steps}; supporting not yet selected: {missing}")
+        return "\n".join(lines)
