@@ -8,6 +8,7 @@ shards are dropped. ``qrag-cache clear`` (or :meth:`EmbeddingDiskCache.clear`) e
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 CACHE_ENV_VAR = "QRAG_CACHE_DIR"
 DEFAULT_MAX_BYTES = 4 * 2**30
 MAX_SHARDS = 32
+FLUSH_EVERY = 2048
 
 
 def default_cache_root() -> Path:
@@ -57,59 +59,84 @@ class EmbeddingDiskCache:
         self.max_bytes = max_bytes
         self._index: dict[bytes, int] = {}
         self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._pending: dict[bytes, np.ndarray] = {}
         self._load()
+        atexit.register(self.flush)
 
     def _shards(self) -> list[Path]:
         return sorted(self.folder.glob("shard-*.npz"), key=lambda p: p.stat().st_mtime) if self.folder.is_dir() else []
 
-    def _load(self) -> None:
-        keys, vectors = [], []
+    def _read_shards(self) -> tuple[list[Path], list[np.ndarray], list[np.ndarray]]:
+        """Every readable shard on disk now (other processes may have added some)."""
+        paths, keys, vectors = [], [], []
         for shard in self._shards():
             try:
                 with np.load(shard) as data:
                     keys.append(data["keys"])
                     vectors.append(data["vectors"])
-            except (OSError, ValueError, KeyError):  # unreadable shard (foreign file, disk error): skip it
+                paths.append(shard)
+            except (OSError, ValueError, KeyError):  # unreadable or just removed by another process
                 continue
+        return paths, keys, vectors
+
+    def _load(self) -> None:
+        _, keys, vectors = self._read_shards()
         if keys:
             all_keys = np.concatenate(keys)
             self._vectors = np.concatenate(vectors).astype(np.float32, copy=False)
             self._index = {bytes(k): i for i, k in enumerate(all_keys)}  # later shards win
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index) + len(self._pending)
 
     def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return (found mask, vectors); rows of texts not in the cache are zero."""
-        rows = np.array([self._index.get(text_digest(t), -1) for t in texts], dtype=np.int64)
-        found = rows >= 0
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        out[found] = self._vectors[rows[found]]
+        found = np.zeros(len(texts), dtype=bool)
+        for row, text in enumerate(texts):
+            key = text_digest(text)
+            index = self._index.get(key)
+            if index is not None:
+                out[row], found[row] = self._vectors[index], True
+            elif key in self._pending:
+                out[row], found[row] = self._pending[key], True
         return found, out
 
     def add(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """Persist new vectors as one shard (atomically), then compact or trim if needed."""
-        if not len(texts):
+        """Remember new vectors; they reach the disk in one shard per ``FLUSH_EVERY`` texts (and at exit)."""
+        for text, vector in zip(texts, np.asarray(vectors, dtype=np.float32)):
+            self._pending[text_digest(text)] = vector
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write pending vectors as one shard (atomically), then compact or trim if needed."""
+        if not self._pending:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = np.frombuffer(b"".join(text_digest(t) for t in texts), dtype="S16")
-        name = f"shard-{time.time_ns()}-{os.getpid()}.npz"
-        atomic_save_npz(self.folder / name, keys=keys, vectors=np.asarray(vectors, dtype=np.float32))
+        keys = np.frombuffer(b"".join(self._pending), dtype="S16")
+        vectors = np.stack(list(self._pending.values()))
+        atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=keys, vectors=vectors)
         start = len(self._vectors)
-        self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)])
+        self._vectors = np.concatenate([self._vectors, vectors])
         for offset, key in enumerate(keys):
             self._index[bytes(key)] = start + offset
+        self._pending = {}
         if len(self._shards()) > MAX_SHARDS:
             self._compact()
         self._trim()
 
     def _compact(self) -> None:
-        """Merge every shard into one (written before the old ones are removed)."""
-        old = self._shards()
-        keys = np.array(list(self._index), dtype="S16")
-        vectors = self._vectors[np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))]
-        atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=keys, vectors=vectors)
-        for shard in old:
+        """Merge the shards on disk into one, written before exactly those shards are removed.
+
+        Shards are re-read from disk rather than taken from memory, so vectors that another process
+        wrote meanwhile are merged too, never lost.
+        """
+        paths, keys, vectors = self._read_shards()
+        all_keys, first = np.unique(np.concatenate(keys)[::-1], return_index=True)  # newest copy wins
+        merged = np.concatenate(vectors)[::-1][first]
+        atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=all_keys, vectors=merged)
+        for shard in paths:
             shard.unlink(missing_ok=True)
 
     def _trim(self) -> None:
@@ -123,7 +150,8 @@ class EmbeddingDiskCache:
     def clear(self) -> None:
         """Delete this fingerprint's folder and forget everything in memory."""
         shutil.rmtree(self.folder, ignore_errors=True)
-        self._index, self._vectors = {}, np.zeros((0, self.dim), dtype=np.float32)
+        self._index, self._pending = {}, {}
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
 
 
 def clear_all(root: Path | None = None) -> Path:

@@ -28,6 +28,7 @@ def warm(model: str | None, data_dir: str | None) -> int:
     todo.sort(key=len)
     for start in tqdm(range(0, len(todo), WARM_BATCH), desc="encoding", unit="batch"):
         embedder.encode(todo[start : start + WARM_BATCH])
+        embedder.disk.flush()  # persist each batch: an interrupted warm-up keeps its progress
     return len(todo)
 
 
