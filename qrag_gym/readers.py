@@ -99,6 +99,7 @@ class _World:
 
 
 def _last(items: Sequence[str]) -> str | None:
+    """The latest match: bAbI questions are about the most recent matching event."""
     return items[-1] if items else None
 
 
