@@ -47,6 +47,17 @@ def make_env(config: QRAGConfig, split: str, num_sentences: int, data_dir: str |
                        never_terminate=True, data_dir=data_dir, embedder=None if config.finetune_encoder else config.encoder)
 
 
+def prefetch_features(env: BabilongEnv) -> None:
+    """Encode every sentence an env can draw (its books and stories) in one batched pass.
+
+    Misses are then encoded together instead of one forward pass per reset, and the frozen features
+    stay in memory for the whole run.
+    """
+    embedder = env.embedder
+    source = env._source
+    embedder.encode(list(source.noise.sentences) + sorted({f for s in source.samples for f in s.facts}))
+
+
 def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resume: bool = False,
           data_dir: str | None = None, show_progress: bool = True) -> dict[str, float]:
     """Train until ``total_updates`` or ``max_minutes``; returns the last validation metrics."""
@@ -56,6 +67,10 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     online = QNetwork(config, embedder).to(config.device)
     target = QNetwork(config, embedder).to(config.device)
     envs = [make_env(config, "train", config.train_num_sentences, data_dir) for _ in range(config.num_envs)]
+    validation = make_env(config, "validation", config.eval_num_sentences, data_dir)
+    if embedder is not None:
+        prefetch_features(envs[0])
+        prefetch_features(validation)
     learner = Learner(config, envs, online, target)
     best = -1.0
     state = load_trainer(out) if resume else None
@@ -66,7 +81,6 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
         learner.scheduler.load_state_dict(state["scheduler"])
         learner.updates, learner.transitions, best = int(state["updates"]), int(state["transitions"]), float(state["best"])
     (out / "config.json").write_text(config.to_json())
-    validation = make_env(config, "validation", config.eval_num_sentences, data_dir)
     writer = SummaryWriter(str(out / "tensorboard"))
     start, first_transitions, returns, successes, metrics = time.time(), learner.transitions, [], [], {}
     progress = tqdm(total=config.total_updates, initial=learner.updates, desc=f"q-rag {config.task}", disable=not show_progress)
