@@ -13,8 +13,10 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import qrag_gym
-from qrag_gym.data.niah import VARIANTS, distinct_values, random_values
+from qrag_gym.data.niah import REPEAT_SENTENCES, VARIANTS, distinct_values, random_values
+from qrag_gym.data.noise import load_book_corpus
 from qrag_gym.data.paths import DataNotFoundError
+from qrag_gym.embedding import count_tokens
 from qrag_gym.metrics import retrieval_metrics, ruler_string_match
 
 torch.set_num_threads(1)
@@ -72,7 +74,7 @@ def test_supporting_ids_are_the_asked_needles(variant):
             assert len(distractors) > 10
             assert not {m.group(2) for m in distractors} & set(episode.meta["keys"])
         if config.haystack == "repeat":
-            assert set(episode.chunks) - {episode.chunks[i] for i in real} <= set(qrag_gym.data.niah.REPEAT_SENTENCES)
+            assert set(episode.chunks) - {episode.chunks[i] for i in real} <= set(REPEAT_SENTENCES)
         assert episode.task == variant
         assert ruler_string_match(episode.answer, answers) == 1.0
 
@@ -99,7 +101,7 @@ def test_length_is_measured_in_tokens(variant):
     env = make(variant, context_tokens=20_000).unwrapped
     _, info = env.reset(seed=0)
     assert 20_000 <= info["num_tokens"] < 20_000 + 300
-    counted = qrag_gym.embedding.count_tokens(env._tokenizer, list(env.chunks)).sum()
+    counted = count_tokens(env._tokenizer, list(env.chunks)).sum()
     assert counted == info["num_tokens"]
 
 
@@ -107,8 +109,6 @@ def test_length_is_measured_in_tokens(variant):
 def test_validation_uses_held_out_books():
     env = make("single_2", split="validation").unwrapped
     env.reset(seed=0)
-    from qrag_gym.data.noise import load_book_corpus
-
     books = set(load_book_corpus(DATA / "noise" / "gutenberg", "validation").sentences)
     haystack = [c for i, c in enumerate(env.chunks) if i not in env.episode.meta["needle_ids"]]
     assert haystack and set(haystack) <= books

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from qrag_gym.data.niah import REPEAT_SENTENCES, VARIANTS, NiahConfig, build_episode, needle_text, random_values, variant_config
+from qrag_gym.data.niah import (REPEAT_SENTENCES, VARIANTS, NiahConfig, build_episode, needle_text, random_values,
+                                variant_config)
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.embedding import count_tokens, load_tokenizer
@@ -83,7 +84,8 @@ class NiahEnv(RetrievalEnv):
     - ``max_steps`` (default 5, the authors' NIAH setting), ``reward``, ``penalize_extra_steps``,
       ``never_terminate``, ``invalid_action_penalty`` as in :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``, else the user data
-      folder); ``source``: "auto", "real" (books required) or "generated" (synthetic filler).
+      folder); ``source``: "auto", "real" (books required) or "generated" (synthetic filler). Both only
+      matter for the essay haystack: the repeat and needle haystacks are generated text.
     - ``max_chunks``: size of the action space; by default enough for the length asked.
     - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
 
