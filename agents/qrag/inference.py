@@ -47,19 +47,27 @@ def embed_document(network: QNetwork, chunks: tuple[str, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: str, chunks: tuple[str, ...],
+                  selected: list[int], action_mask) -> torch.Tensor:
+    """Q of every chunk in the current state (``-inf`` where masked): one state forward, one re-rotation."""
+    config: QRAGConfig = network.config
+    state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
+    rho = relative_positions(len(chunks), selected, config.position_step, config.position_span, config.integer_positions)
+    q = network.q_halves(state, chunk_embeddings, torch.from_numpy(rho).float().to(network.device)).sum(-1)
+    valid = torch.from_numpy(np.asarray(action_mask[: len(chunks)], dtype=bool)).to(q.device)
+    return q.masked_fill(~valid, -torch.inf)
+
+
+@torch.no_grad()
 def greedy_episode(network: QNetwork, env: RetrievalEnv, seed: int | None = None) -> GreedyEpisode:
     """Run one episode choosing ``argmax_a Q(s, a)`` until the env ends it."""
-    config: QRAGConfig = network.config
     _, info = env.reset(seed=seed)
     chunks = embed_document(network, env.chunks)
     selected: list[int] = []
     max_q: list[float] = []
     done = False
     while not done:
-        state = network.embed_states([env.question], [[env.chunks[i] for i in sorted(selected)]])
-        rho = relative_positions(env.num_chunks, selected, config.position_step, config.position_span, config.integer_positions)
-        q = network.q_halves(state, chunks, torch.from_numpy(rho).float().to(network.device)).sum(-1)
-        q = q.masked_fill(~torch.from_numpy(env.action_masks()[: env.num_chunks]).to(q.device), -torch.inf)
+        q = step_q_values(network, chunks, env.question, env.chunks, selected, env.action_masks())
         action = int(q.argmax())
         max_q.append(float(q[action]))
         selected.append(action)
