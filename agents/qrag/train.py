@@ -58,6 +58,18 @@ def prefetch_features(env: BabilongEnv) -> None:
     embedder.encode(list(source.noise.sentences) + sorted({f for s in source.samples for f in s.facts}))
 
 
+def validate(learner: Learner, env: BabilongEnv, writer: SummaryWriter, out: Path, best: float) -> tuple[dict[str, float], float]:
+    """Greedy validation episodes; the model with the best success@k so far is kept in ``out/best``."""
+    metrics = evaluate(learner.online, env, learner.config.eval_episodes, seed=10_000)
+    for key, value in metrics.items():
+        writer.add_scalar(f"eval/{key}", value, learner.transitions)
+    tqdm.write(f"update {learner.updates}: validation {json.dumps({k: round(v, 3) for k, v in metrics.items()})}")
+    if metrics["success_at_k"] > best:
+        best = metrics["success_at_k"]
+        save_model(learner.online, out / "best")
+    return metrics, best
+
+
 def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resume: bool = False,
           data_dir: str | None = None, show_progress: bool = True) -> dict[str, float]:
     """Train until ``total_updates`` or ``max_minutes``; returns the last validation metrics."""
@@ -100,19 +112,15 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
         progress.set_postfix(ret=f"{logs['rollout/ep_rew_mean']:.3f}", succ=f"{logs['rollout/success_rate']:.2f}")
         last = learner.updates >= config.total_updates
         if learner.updates % config.eval_every == 0 or last:
-            metrics = evaluate(online, validation, config.eval_episodes, seed=10_000)
-            for key, value in metrics.items():
-                writer.add_scalar(f"eval/{key}", value, learner.transitions)
-            tqdm.write(f"update {learner.updates}: validation {json.dumps({k: round(v, 3) for k, v in metrics.items()})}")
-            if metrics["success_at_k"] > best:
-                best = metrics["success_at_k"]
-                save_model(online, out / "best")
+            metrics, best = validate(learner, validation, writer, out, best)
         if learner.updates % config.checkpoint_every == 0 or last:
             save_model(online, out / "model")
             save_trainer(out, {"online": online.state_dict(), "target": target.state_dict(),
                                "optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
                                "updates": learner.updates, "transitions": learner.transitions, "best": best})
     progress.close()
+    if learner.updates % config.eval_every and learner.updates < config.total_updates:  # stopped by the clock
+        metrics, best = validate(learner, validation, writer, out, best)
     save_model(online, out / "model")
     writer.add_scalar("charts/train_minutes", (time.time() - start) / 60, learner.transitions)
     writer.close()
