@@ -44,7 +44,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 def make_env(config: QRAGConfig, split: str, num_sentences: int, data_dir: str | None) -> BabilongEnv:
     """The authors' BabiLong setting: shaped reward with penalize_extra_steps and never_terminate."""
     return BabilongEnv(task=config.task, num_sentences=num_sentences, split=split, max_steps=config.max_steps,
-                       never_terminate=True, data_dir=data_dir, embedder=None if config.finetune_encoder else config.encoder)
+                       never_terminate=True, data_dir=data_dir, embedder=None if config.finetune_encoder else config.encoder,
+                       per_fact_reward=config.per_fact_reward if split == "train" else 0.0)
 
 
 def prefetch_features(env: BabilongEnv) -> None:

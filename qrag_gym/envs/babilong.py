@@ -148,7 +148,7 @@ class BabilongEnv(RetrievalEnv):
     - ``split``: "train" or "validation" (held-out stories *and* held-out books; the rule is in
       ``info["split_rule"]``).
     - ``max_steps`` (default 6, the authors' BabiLong setting), ``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty`` as in :class:`RetrievalEnv`.
+      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
       else the user data folder); ``source``: "auto", "real" or "generated".
     - ``max_chunks``: size of the action space; by default enough for the length asked.
@@ -174,6 +174,7 @@ class BabilongEnv(RetrievalEnv):
         max_chunks: int | None = None,
         embedder: str | TextEmbedder | None = None,
         render_mode: str | None = None,
+        per_fact_reward: float = 0.0,
     ) -> None:
         if context_tokens is not None and num_sentences is not None:
             raise ValueError("give context_tokens or num_sentences, not both")
@@ -198,7 +199,7 @@ class BabilongEnv(RetrievalEnv):
                 noise_chunks = int(context_tokens / min_mean * _CAPACITY_SLACK) + 64
             max_chunks = noise_chunks + self._source.max_facts
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                         invalid_action_penalty, embedder, render_mode)
+                         invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
     def _tokens_of(self, facts: tuple[str, ...]) -> np.ndarray:
         unknown = [f for f in facts if f not in self._fact_tokens]
