@@ -11,7 +11,9 @@ from agents.qrag.config import QRAGConfig
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import relative_positions
 from qrag_gym.envs.retrieval import RetrievalEnv
+from qrag_gym.data.babi import TASKS
 from qrag_gym.metrics import retrieval_metrics
+from qrag_gym.readers import answer_babi, answer_matches
 
 CHUNK_BATCH = 8192
 
@@ -77,7 +79,10 @@ def greedy_episode(network: QNetwork, env: RetrievalEnv, seed: int | None = None
 
 
 def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0, threshold: float | None = None) -> dict[str, float]:
-    """Mean metrics over ``episodes`` greedy episodes; F1 is of the set kept after the Q-threshold stop."""
+    """Mean metrics over ``episodes`` greedy episodes.
+
+    F1 and the bAbI reader's answer accuracy use the set kept after the Q-threshold stop.
+    """
     threshold = network.config.q_threshold if threshold is None else threshold
     rows = []
     for index in range(episodes):
@@ -85,5 +90,9 @@ def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0,
         kept = keep_until_threshold(episode.selected, episode.max_q, threshold)
         metrics = retrieval_metrics(episode.selected, episode.info["supporting_ids"], kept=kept)
         metrics["kept"] = float(len(kept))
+        if episode.info["task"] in TASKS:  # the exact reader, on the kept facts in document order
+            facts = [env.chunks[i] for i in sorted(kept)]
+            answer = answer_babi(episode.info["task"], episode.info["question"], facts)
+            metrics["answer_accuracy"] = float(answer_matches(answer, episode.info["answer"]))
         rows.append(metrics)
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
