@@ -192,12 +192,7 @@ def repeat_haystack(need: int, repeat_tokens: np.ndarray, limit: int) -> Haystac
 def essay_haystack(need: int, corpus: NoiseCorpus, corpus_tokens: np.ndarray,
                    rng: np.random.Generator, limit: int) -> Haystack:
     """Book sentences in contiguous runs from random books and offsets, until ``need`` tokens."""
-    mean = float(corpus_tokens.mean())
-    index = corpus.sample_runs(rng, min(int(need / mean * 1.2) + 64, limit))
-    while index.size < limit and int(corpus_tokens[index].sum()) < need:  # runs of short sentences
-        more = corpus.sample_runs(rng, min(int(need / mean * 0.2) + 64, limit - index.size))
-        index = np.concatenate([index, more])
-    index = index[: _cut(corpus_tokens[index], need)]
+    index = corpus.sample_tokens(rng, need, corpus_tokens, limit)
     sentences = corpus.sentences
     return Haystack([sentences[i] for i in index.tolist()], corpus_tokens[index])
 
