@@ -119,3 +119,23 @@ def test_encoder_batches_and_int8_option(env: gym.Env, tmp_path) -> None:
     assert int8.fingerprint != large.fingerprint  # int8 vectors never mix with fp32 ones on disk
     cosine = (int8.encode_uncached(texts[:8]) * large.encode(texts[:8])).sum(1)
     assert cosine.min() > 0.8
+
+
+def test_agent_shortlist_option_acts_like_full_scan(env: gym.Env, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.qrag.agent import QRAGAgent
+    from agents.qrag.checkpoint import save_model
+
+    save_model(_network(integer=False, perturbed=True), tmp_path / "model")
+    monkeypatch.setattr(inference, "SHORTLIST_MIN_CHUNKS", 0)
+    runs = []
+    for shortlist in (None, 8):
+        agent = QRAGAgent(model=str(tmp_path / "model"), shortlist=shortlist)
+        obs, info = env.reset(seed=11)
+        agent.reset(obs, info, env)
+        actions = []
+        for _ in range(3):
+            actions.append(agent.act(obs, info, env))
+            obs, _, _, _, info = env.step(actions[-1])
+        runs.append((actions, agent._max_q))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-5)

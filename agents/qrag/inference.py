@@ -22,8 +22,9 @@ from qrag_gym.metrics import retrieval_metrics
 from qrag_gym.shortlist import ChunkIndex, ShortlistResult, certified_argmax
 
 CHUNK_BATCH = 8192
-SHORTLIST_MIN_CHUNKS = 4096
-"""Below this many chunks a full scan is as fast as the shortlist, which then is not used."""
+SHORTLIST_MIN_CHUNKS = 16_384
+"""Below this many chunks (about 400K tokens) a full scan is as fast as the shortlist (measured in
+benchmarks/results/shortlist_agreement.md: 0.7-2x at 128K tokens, 2-6.5x at 1M), so it is not used."""
 BUCKET_WIDTH = 0.25
 """Position bucket width for continuous positions: narrower buckets mean tighter bounds (less
 fallback re-scoring) but more faiss searches per step. Integer positions use exact buckets of 1."""
