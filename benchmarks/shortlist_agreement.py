@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[128_000, 1_000_000])
     parser.add_argument("--episodes", type=int, default=3)
-    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -35,22 +35,36 @@ class ShortlistResult:
     """Chunks re-scored exactly because their range's bound could not rule them out."""
 
 
+SMALL_RANGE = 4096
+"""Ranges up to this many chunks are scored with one numpy product instead of a faiss call: a faiss
+search costs a fixed overhead (and an OpenMP fork-join, slow when other processes hold the cores)
+that outweighs scanning a few thousand rows. Q-RAG's position buckets are mostly this small."""
+
+
 class ChunkIndex:
     """Exact inner-product faiss index over one document's chunk vectors (built once per episode)."""
 
     def __init__(self, vectors: np.ndarray) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # no copy for a float32 torch .numpy() view
         if vectors.ndim != 2 or not len(vectors):
             raise ValueError(f"need a non-empty (num_chunks, dim) array, got shape {vectors.shape}")
+        self.vectors = vectors
         self.num_chunks, self.dim = vectors.shape
         self.index = faiss.IndexFlatIP(self.dim)
         self.index.add(vectors)
-        self.max_norm = float(np.sqrt((vectors * vectors).sum(1).max()))
+        self.max_norm = float(np.sqrt(np.einsum("ij,ij->i", vectors, vectors).max()))
 
     def top_k(self, query: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best (scores, ids) of ``query`` among chunks ``start..stop-1``, best first."""
+        query = np.asarray(query, dtype=np.float32)
+        k = min(k, stop - start)
+        if stop - start <= SMALL_RANGE:
+            scores = self.vectors[start:stop] @ query
+            best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+            best = best[np.argsort(-scores[best], kind="stable")]
+            return scores[best], best + start
         params = faiss.SearchParameters(sel=faiss.IDSelectorRange(start, stop))
-        scores, ids = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), min(k, stop - start), params=params)
+        scores, ids = self.index.search(query.reshape(1, -1), k, params=params)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 

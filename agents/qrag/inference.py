@@ -57,12 +57,21 @@ def keep_until_threshold(selected: list[int], max_q: list[float], threshold: flo
 
 @torch.no_grad()
 def embed_document(network: QNetwork, chunks: tuple[str, ...]) -> torch.Tensor:
-    """E_a for every chunk of a document, in batches written into one preallocated ``(m, d)`` tensor
-    (no list of parts and no concatenation, so peak memory is the result plus one batch)."""
-    out = torch.empty((len(chunks), network.dim), dtype=torch.float32, device=network.device)
-    for start in range(0, len(chunks), CHUNK_BATCH):
-        out[start : start + CHUNK_BATCH] = network.embed_chunks(list(chunks[start : start + CHUNK_BATCH]))
-    return out
+    """E_a for every chunk of a document, written into one preallocated ``(m, d)`` tensor.
+
+    Each distinct text is embedded once, in batches (long documents repeat sentences: a 10M-token
+    BABILong document holds about 7 copies of each), and copied to its rows; peak memory is the
+    result plus the distinct vectors plus one batch, with no list of parts to concatenate.
+    """
+    row_of: dict[str, int] = {}
+    owner = np.fromiter((row_of.setdefault(text, len(row_of)) for text in chunks), dtype=np.int64, count=len(chunks))
+    distinct = list(row_of)
+    vectors = torch.empty((len(distinct), network.dim), dtype=torch.float32, device=network.device)
+    for start in range(0, len(distinct), CHUNK_BATCH):
+        vectors[start : start + CHUNK_BATCH] = network.embed_chunks(distinct[start : start + CHUNK_BATCH])
+    if len(distinct) == len(chunks):
+        return vectors
+    return vectors[torch.from_numpy(owner).to(network.device)]
 
 
 def _positions(network: QNetwork, num_chunks: int, selected: list[int]) -> torch.Tensor | None:
