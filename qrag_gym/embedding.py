@@ -71,8 +71,6 @@ class TextEmbedder:
         normalize: L2-normalise outputs so dot products are cosine similarities.
         bf16: run the forward pass under bfloat16 autocast (about 1.8x faster on CPUs with avx512_bf16,
             several times *slower* on CPUs without it: see ``benchmarks/results/encoder_speed.md``).
-        int8: dynamically quantise the encoder's Linear layers to int8 (CPU only; faster, vectors
-            differ slightly from fp32 ones and are cached under their own fingerprint).
         cache_size: how many text vectors to keep in memory (least recently used are dropped).
         disk_cache: persist vectors on disk (see :mod:`qrag_gym.cache`).
         cache_dir: where; default ``$QRAG_CACHE_DIR`` or the user cache folder.
@@ -85,14 +83,11 @@ class TextEmbedder:
         batch_size: int = 128,
         normalize: bool = True,
         bf16: bool = False,
-        int8: bool = False,
         cache_size: int = 500_000,
         disk_cache: bool = True,
         cache_dir: str | Path | None = None,
         device: str = "cpu",
     ) -> None:
-        if int8 and device != "cpu":
-            raise ValueError("int8 dynamic quantisation runs on the CPU only; use bf16 on a GPU")
         self.name = model or DEFAULT_MODEL
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(model)
@@ -102,11 +97,8 @@ class TextEmbedder:
         self.batch_size = batch_size
         self.normalize = normalize
         self.bf16 = bf16
-        self.int8 = int8
         self.dim = int(self.model.config.hidden_size)
-        self.fingerprint = self._fingerprint(path)  # from the fp32 weights, before quantisation
-        if int8:
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.fingerprint = self._fingerprint(path)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         root = Path(cache_dir) if cache_dir is not None else None
@@ -117,8 +109,7 @@ class TextEmbedder:
 
         Raw bytes, not sums: a float sum depends on the thread count and would split the cache.
         """
-        settings = f"{self.max_length}|{self.normalize}|{self.bf16}" + ("|int8" if self.int8 else "")  # fp32 keys unchanged
-        digest = hashlib.sha256(settings.encode())
+        digest = hashlib.sha256(f"{self.max_length}|{self.normalize}|{self.bf16}".encode())
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
