@@ -132,7 +132,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
             "(in the JSON).\n\n" + markdown_table(header, table))
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], threads: int, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,10 +146,10 @@ def plot(rows: list[dict], path: Path) -> None:
     extrapolated = [row for row in rows if row["cold_extrapolated"]]
     times.scatter([r["measured_tokens"] for r in extrapolated], [r["encode_cold_s"] for r in extrapolated],
                   facecolors="none", edgecolors="k", s=90, label="cold: extrapolated", zorder=3)
-    times.set(xscale="log", yscale="log", xlabel="context tokens", ylabel="seconds", title="time (2 shared CPU cores)")
+    times.set(xscale="log", yscale="log", xlabel="context tokens", ylabel="seconds", title=f"time ({threads} thread(s) on 2 shared CPU cores)")
     times.legend(fontsize=7)
     memory.plot(tokens, [row["peak_rss_gib"] for row in rows], marker="o")
-    memory.set(xscale="log", xlabel="context tokens", ylabel="GiB", title="peak RSS per process")
+    memory.set(xscale="log", xlabel="context tokens", ylabel="GiB", title="peak RSS per process", ylim=(0, None))
     figure.tight_layout()
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as temp:
         figure.savefig(temp.name, dpi=110)
@@ -183,7 +183,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     write_json(RESULTS_DIR / f"{args.name}.json", {"args": vars(args), "load_average": os.getloadavg(), "rows": rows})
     write_atomic(RESULTS_DIR / f"{args.name}.md", report(rows, args))
-    plot(rows, RESULTS_DIR / f"{args.name}.png")
+    plot(rows, args.threads, RESULTS_DIR / f"{args.name}.png")
     print(report(rows, args))
 
 
