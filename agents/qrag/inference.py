@@ -24,7 +24,8 @@ from qrag_gym.shortlist import ChunkIndex, ShortlistResult, certified_argmax
 CHUNK_BATCH = 8192
 SHORTLIST_MIN_CHUNKS = 16_384
 """Below this many chunks (about 400K tokens) the shortlist gains little over a full scan (about 1x at
-128K tokens, 4x at 1M, 8x at 10M in benchmarks/results/cost_curve.md), so it is not used."""
+128K tokens; 2-4x at 1M and 2-10x at 10M across runs on a contended 2-core CPU, in
+benchmarks/results/cost_curve*.md), so it is not used."""
 BUCKET_WIDTH = 0.25
 """Position bucket width for continuous positions: narrower buckets mean tighter bounds (less
 fallback re-scoring) but more faiss searches per step. Integer positions use exact buckets of 1."""
