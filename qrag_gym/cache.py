@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +24,8 @@ CACHE_ENV_VAR = "QRAG_CACHE_DIR"
 DEFAULT_MAX_BYTES = 4 * 2**30
 MAX_SHARDS = 32
 FLUSH_EVERY = 2048
+STALE_TEMP_SECONDS = 3600
+"""A ``.tmp`` file this old is the leftover of a killed writer (a live one renames within seconds)."""
 
 
 def default_cache_root() -> Path:
@@ -85,13 +88,17 @@ class EmbeddingDiskCache:
             for shard in self._shards():
                 try:
                     with np.load(shard) as data:
-                        keys.append(_as_digest_rows(data["keys"]))
-                        vectors.append(data["vectors"])
-                    paths.append(shard)
+                        shard_keys, shard_vectors = _as_digest_rows(data["keys"]), data["vectors"]
                 except FileNotFoundError:
                     vanished = True
-                except (OSError, ValueError, KeyError):  # unreadable (foreign or damaged file): skip it
                     continue
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # foreign or truncated
+                    continue
+                if shard_vectors.shape != (len(shard_keys), self.dim):  # readable but not ours: skip it
+                    continue
+                keys.append(shard_keys)
+                vectors.append(shard_vectors)
+                paths.append(shard)
             if not vanished:
                 break
         return paths, keys, vectors
@@ -150,6 +157,8 @@ class EmbeddingDiskCache:
         wrote meanwhile are merged too, never lost.
         """
         paths, keys, vectors = self._read_shards()
+        if not keys:
+            return
         all_keys, first = np.unique(np.concatenate(keys)[::-1], axis=0, return_index=True)  # newest copy wins
         merged = np.concatenate(vectors)[::-1][first]
         atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=all_keys, vectors=merged)
@@ -157,6 +166,13 @@ class EmbeddingDiskCache:
             shard.unlink(missing_ok=True)
 
     def _trim(self) -> None:
+        """Drop the oldest shards past ``max_bytes`` and the temporary files of killed writers."""
+        for temp in self.folder.glob("*.tmp"):
+            try:
+                if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    temp.unlink()
+            except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                continue
         shards = self._shards()
         while len(shards) > 1 and sum(s.stat().st_size for s in shards) > self.max_bytes:
             shards.pop(0).unlink(missing_ok=True)

@@ -69,9 +69,11 @@ class TextEmbedder:
         max_length: tokens kept per text (BABILong's chunk cap is 64).
         batch_size: texts per forward pass.
         normalize: L2-normalise outputs so dot products are cosine similarities.
-        bf16: run the forward pass under bfloat16 autocast (about 1.8x faster on CPUs with avx512_bf16).
+        bf16: run the forward pass under bfloat16 autocast (about 1.8x faster on CPUs with avx512_bf16,
+            several times *slower* on CPUs without it: see ``benchmarks/results/encoder_speed.md``).
         cache_size: how many text vectors to keep in memory (least recently used are dropped).
-        disk_cache: persist vectors under ``$QRAG_CACHE_DIR`` (see :mod:`qrag_gym.cache`).
+        disk_cache: persist vectors on disk (see :mod:`qrag_gym.cache`).
+        cache_dir: where; default ``$QRAG_CACHE_DIR`` or the user cache folder.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class TextEmbedder:
         bf16: bool = False,
         cache_size: int = 500_000,
         disk_cache: bool = True,
+        cache_dir: str | Path | None = None,
         device: str = "cpu",
     ) -> None:
         self.name = model or DEFAULT_MODEL
@@ -98,7 +101,8 @@ class TextEmbedder:
         self.fingerprint = self._fingerprint(path)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
-        self.disk = EmbeddingDiskCache(self.fingerprint, self.dim) if disk_cache else None
+        root = Path(cache_dir) if cache_dir is not None else None
+        self.disk = EmbeddingDiskCache(self.fingerprint, self.dim, root=root) if disk_cache else None
 
     def _fingerprint(self, path: str) -> str:
         """A hash of every weight byte and the encoding settings: different weights never share keys.

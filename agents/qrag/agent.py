@@ -2,7 +2,8 @@
 
 ``QRAGAgent(model="runs/qa2/best")`` uses one model for every task; ``QRAGAgent(models_dir="runs")``
 loads ``runs/<task>/best`` for whichever task an episode comes from, so one agent name covers a
-whole qa1..qa5 benchmark grid.
+whole qa1..qa5 benchmark grid. ``shortlist=k`` takes the certified faiss shortlist on long documents
+(same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`agents.qrag.inference`).
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import gymnasium as gym
 import torch
 
 from agents.qrag.checkpoint import load_model
-from agents.qrag.inference import embed_document, keep_until_threshold, step_q_values
+from agents.qrag.inference import embed_document, keep_until_threshold, shortlist_step, step_q_values, use_shortlist
 from agents.qrag.networks import QNetwork
+from qrag_gym.shortlist import ChunkIndex
 
 
 class QRAGAgent:
     """Greedy ``argmax_a Q(s, a)`` over the available chunks, chunk embeddings computed once per episode."""
 
-    def __init__(self, model: str | None = None, models_dir: str = "runs", threshold: float | None = None) -> None:
-        self.model, self.models_dir, self.threshold = model, Path(models_dir), threshold
+    def __init__(self, model: str | None = None, models_dir: str = "runs", threshold: float | None = None,
+                 shortlist: int | None = None) -> None:
+        self.model, self.models_dir, self.threshold, self.shortlist = model, Path(models_dir), threshold, shortlist
         self._networks: dict[str, QNetwork] = {}
         self._max_q: list[float] = []
 
@@ -39,14 +42,21 @@ class QRAGAgent:
     def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
         self.network = self._network_for(info["task"])
         self._chunks = embed_document(self.network, env.unwrapped.chunks)
+        long_document = use_shortlist(self.shortlist, len(env.unwrapped.chunks))
+        self._index = ChunkIndex(self._chunks.cpu().numpy()) if long_document else None
         self._max_q = []
 
     @torch.no_grad()
     def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
-        base = env.unwrapped
-        q = step_q_values(self.network, self._chunks, base.question, base.chunks, list(info["selected_order"]), info["action_mask"])
-        action = int(q.argmax())
-        self._max_q.append(float(q[action]))
+        base, selected = env.unwrapped, list(info["selected_order"])
+        if self._index is not None:
+            found = shortlist_step(self.network, self._index, self._chunks, base.question, base.chunks, selected,
+                                   info["action_mask"], self.shortlist)
+            action, value = found.action, found.value
+        else:
+            q = step_q_values(self.network, self._chunks, base.question, base.chunks, selected, info["action_mask"])
+            action, value = int(q.argmax()), float(q[int(q.argmax())])
+        self._max_q.append(value)
         return action
 
     def kept(self, info: dict[str, Any]) -> Sequence[int]:

@@ -1,4 +1,11 @@
-"""Greedy Q-RAG episodes, the Q-threshold stop (qrag-method.md §7.2) and multi-length evaluation."""
+"""Greedy Q-RAG episodes, the Q-threshold stop (qrag-method.md §7.2) and multi-length evaluation.
+
+Two step scorers give the same argmax. :func:`step_q_values` rotates every chunk to its position
+and scores it (in batches, so a 10M-token document stays bounded). :func:`shortlist_step`, for long
+documents, rotates the *state* instead (``<s, R(p) e> = <R(p)^T s, e>``) once per position bucket,
+searches a faiss index of the un-rotated chunks per bucket and re-scores only a certified shortlist
+exactly (see :mod:`qrag_gym.shortlist`).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,23 @@ import torch
 
 from agents.qrag.config import QRAGConfig
 from agents.qrag.networks import QNetwork
-from agents.qrag.rotary import relative_positions
+from agents.qrag.rotary import relative_positions, rotate
 from qrag_gym.envs.retrieval import RetrievalEnv
 from qrag_gym.data.babi import TASKS
 from qrag_gym.metrics import retrieval_metrics
 from qrag_gym.readers import answer_babi, answer_matches
+from qrag_gym.shortlist import ChunkIndex, ShortlistResult, certified_argmax
 
 CHUNK_BATCH = 8192
+SHORTLIST_MIN_CHUNKS = 16_384
+"""Below this many chunks (about 400K tokens) the shortlist gains little over a full scan (about 1x at
+128K tokens; 2-4x at 1M and 2-10x at 10M across runs on a contended 2-core CPU, in
+benchmarks/results/cost_curve*.md), so it is not used."""
+BUCKET_WIDTH = 0.25
+"""Position bucket width for continuous positions: narrower buckets mean tighter bounds (less
+fallback re-scoring) but more faiss searches per step. Integer positions use exact buckets of 1."""
+ROUNDING_SLACK = 1e-4
+"""Added to every bound: faiss and torch round float32 sums differently."""
 
 
 @dataclass
@@ -43,42 +60,131 @@ def keep_until_threshold(selected: list[int], max_q: list[float], threshold: flo
 
 @torch.no_grad()
 def embed_document(network: QNetwork, chunks: tuple[str, ...]) -> torch.Tensor:
-    """E_a for every chunk of a document, in batches so a 10M-token document stays bounded."""
-    parts = [network.embed_chunks(list(chunks[i : i + CHUNK_BATCH])) for i in range(0, len(chunks), CHUNK_BATCH)]
-    return torch.cat(parts)
+    """E_a for every chunk of a document, written into one preallocated ``(m, d)`` tensor.
+
+    Each distinct text is embedded once, in batches (long documents repeat sentences: a 10M-token
+    BABILong document holds about 7 copies of each), and copied to its rows; peak memory is the
+    result plus the distinct vectors plus one batch, with no list of parts to concatenate.
+    """
+    row_of: dict[str, int] = {}
+    owner = np.fromiter((row_of.setdefault(text, len(row_of)) for text in chunks), dtype=np.int64, count=len(chunks))
+    distinct = list(row_of)
+    vectors = torch.empty((len(distinct), network.dim), dtype=torch.float32, device=network.device)
+    for start in range(0, len(distinct), CHUNK_BATCH):
+        vectors[start : start + CHUNK_BATCH] = network.embed_chunks(distinct[start : start + CHUNK_BATCH])
+    if len(distinct) == len(chunks):
+        return vectors
+    return vectors[torch.from_numpy(owner).to(network.device)]
+
+
+def _positions(network: QNetwork, num_chunks: int, selected: list[int]) -> torch.Tensor | None:
+    config: QRAGConfig = network.config
+    if config.positions != "relative":
+        return None
+    rho = relative_positions(num_chunks, selected, config.position_step, config.position_span, config.integer_positions)
+    return torch.from_numpy(rho).float().to(network.device)
 
 
 @torch.no_grad()
 def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: str, chunks: tuple[str, ...],
                   selected: list[int], action_mask) -> torch.Tensor:
-    """Q of every chunk in the current state (``-inf`` where masked): one state forward, one re-rotation."""
-    config: QRAGConfig = network.config
+    """Q of every chunk in the current state (``-inf`` where masked): one state forward, one re-rotation
+    of every chunk, done ``CHUNK_BATCH`` rows at a time so the rotation's temporaries stay small."""
     state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
-    rho = relative_positions(len(chunks), selected, config.position_step, config.position_span, config.integer_positions)
-    q = network.q_halves(state, chunk_embeddings, torch.from_numpy(rho).float().to(network.device)).sum(-1)
+    rho = _positions(network, len(chunks), selected)
+    q = torch.empty(len(chunks), dtype=torch.float32, device=network.device)
+    for start in range(0, len(chunks), CHUNK_BATCH):
+        part = slice(start, start + CHUNK_BATCH)
+        q[part] = network.q_halves(state, chunk_embeddings[part], None if rho is None else rho[part]).sum(-1)
     valid = torch.from_numpy(np.asarray(action_mask[: len(chunks)], dtype=bool)).to(q.device)
     return q.masked_fill(~valid, -torch.inf)
 
 
+def position_buckets(rho: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous runs of chunks whose positions share one ``width`` cell: (starts, centres, half-widths).
+
+    Positions never decrease along the document (segment * step + an offset below step), so a cell
+    is one run of chunk ids, which is what a faiss range search needs.
+    """
+    cell = np.floor(rho / width)
+    starts = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1]]))
+    last = np.append(starts[1:], len(rho)) - 1
+    low, high = rho[starts], rho[last]
+    return starts, (low + high) / 2, (high - low) / 2
+
+
+def rotation_bounds(state: np.ndarray, frequencies: np.ndarray, half_widths: np.ndarray, max_norm: float) -> np.ndarray:
+    """Largest ``|<R(p)^T s - R(c)^T s, e>|`` for ``|p - c| <= half_width`` and ``|e| <= max_norm``.
+
+    Each pair of ``s`` (both halves turn by the same angles) moves by ``2 |sin(theta_j (p - c) / 2)|``
+    times its length; the sine is capped at its maximum once the angle passes pi.
+    """
+    pair_sq = (state.reshape(2, -1, 2) ** 2).sum(-1).sum(0)
+    angles = np.minimum(np.outer(half_widths, frequencies) / 2, np.pi / 2)
+    moved = np.sqrt(((2 * np.sin(angles)) ** 2 * pair_sq).sum(1))
+    return max_norm * moved + ROUNDING_SLACK * max_norm * float(np.linalg.norm(state))
+
+
 @torch.no_grad()
-def greedy_episode(network: QNetwork, env: RetrievalEnv, seed: int | None = None) -> GreedyEpisode:
-    """Run one episode choosing ``argmax_a Q(s, a)`` until the env ends it."""
+def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch.Tensor, question: str,
+                   chunks: tuple[str, ...], selected: list[int], action_mask, k: int) -> ShortlistResult:
+    """The same argmax and max-Q as :func:`step_q_values`, from a faiss shortlist of ``k`` per position bucket."""
+    state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])[0]
+    rho = _positions(network, len(chunks), selected)
+    state_np = state.cpu().numpy()
+    if rho is None:
+        starts, queries, bounds = np.zeros(1, dtype=np.int64), state_np[None], np.full(1, ROUNDING_SLACK * index.max_norm)
+    else:
+        width = 1.0 if network.config.integer_positions else BUCKET_WIDTH
+        starts, centres, half_widths = position_buckets(rho.cpu().numpy(), width)
+        turned = rotate(state.expand(len(starts), -1), -torch.from_numpy(centres).float(), network.frequencies.cpu())
+        queries = turned.cpu().numpy()
+        bounds = rotation_bounds(state_np, network.frequencies.cpu().numpy(), half_widths, index.max_norm)
+
+    def exact(ids: np.ndarray) -> np.ndarray:
+        rows = torch.from_numpy(ids).to(network.device)
+        positions = None if rho is None else rho[rows]
+        return network.q_halves(state, chunk_embeddings[rows], positions).sum(-1).cpu().numpy()
+
+    valid = np.asarray(action_mask[: len(chunks)], dtype=bool)
+    return certified_argmax(index, queries, bounds, starts, valid, k, exact)
+
+
+def use_shortlist(shortlist: int | None, num_chunks: int) -> bool:
+    """Whether to take the shortlist path: asked for (``shortlist=k``) and the document is long."""
+    return shortlist is not None and num_chunks >= SHORTLIST_MIN_CHUNKS
+
+
+@torch.no_grad()
+def greedy_episode(network: QNetwork, env: RetrievalEnv, seed: int | None = None, shortlist: int | None = None) -> GreedyEpisode:
+    """Run one episode choosing ``argmax_a Q(s, a)`` until the env ends it.
+
+    ``shortlist=k`` scores documents of at least :data:`SHORTLIST_MIN_CHUNKS` chunks through
+    :func:`shortlist_step` (same actions, far less work per step at 1M-10M tokens).
+    """
     _, info = env.reset(seed=seed)
     chunks = embed_document(network, env.chunks)
+    index = ChunkIndex(chunks.cpu().numpy()) if use_shortlist(shortlist, len(env.chunks)) else None
     selected: list[int] = []
     max_q: list[float] = []
     done = False
     while not done:
-        q = step_q_values(network, chunks, env.question, env.chunks, selected, env.action_masks())
-        action = int(q.argmax())
-        max_q.append(float(q[action]))
+        if index is not None:
+            found = shortlist_step(network, index, chunks, env.question, env.chunks, selected, env.action_masks(), shortlist)
+            action, value = found.action, found.value
+        else:
+            q = step_q_values(network, chunks, env.question, env.chunks, selected, env.action_masks())
+            action = int(q.argmax())
+            value = float(q[action])
+        max_q.append(value)
         selected.append(action)
         _, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     return GreedyEpisode(selected, max_q, info)
 
 
-def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0, threshold: float | None = None) -> dict[str, float]:
+def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0, threshold: float | None = None,
+             shortlist: int | None = None) -> dict[str, float]:
     """Mean metrics over ``episodes`` greedy episodes.
 
     F1 and the bAbI reader's answer accuracy use the set kept after the Q-threshold stop.
@@ -86,7 +192,7 @@ def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0,
     threshold = network.config.q_threshold if threshold is None else threshold
     rows = []
     for index in range(episodes):
-        episode = greedy_episode(network, env, seed=seed + index)
+        episode = greedy_episode(network, env, seed=seed + index, shortlist=shortlist)
         kept = keep_until_threshold(episode.selected, episode.max_q, threshold)
         metrics = retrieval_metrics(episode.selected, episode.info["supporting_ids"], kept=kept)
         metrics["kept"] = float(len(kept))

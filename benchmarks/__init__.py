@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure qrag_gym and the agents and commit their tables under ``results/``."""

@@ -1,0 +1,137 @@
+"""Long documents: the certified faiss shortlist picks what the full scan picks; batched work equals one-shot work."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import qrag_gym  # noqa: F401  (registers the envs)
+from agents.qrag import inference
+from agents.qrag.config import cpu_config
+from agents.qrag.inference import embed_document, greedy_episode, rotation_bounds, shortlist_step, step_q_values
+from agents.qrag.networks import QNetwork
+from agents.qrag.rotary import rotary_frequencies, rotate
+from qrag_gym.embedding import TextEmbedder, shared_embedder
+from qrag_gym.shortlist import ChunkIndex, certified_argmax
+
+SENTENCES = 2_000
+
+
+@pytest.fixture(scope="module")
+def env(small_data_dir) -> gym.Env:
+    env = gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=SENTENCES, data_dir=str(small_data_dir),
+                   source="real", embedder=shared_embedder("default"))
+    env.reset(seed=3)
+    return env
+
+
+def _network(integer: bool, perturbed: bool) -> QNetwork:
+    network = QNetwork(cpu_config(integer_positions=integer), shared_embedder("default")).eval()
+    if perturbed:  # adapters no longer the identity: a scorer unlike the plain dense retriever
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for parameter in network.parameters():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return network
+
+
+@pytest.mark.parametrize("integer", [False, True])
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_shortlist_matches_full_scan_on_real_episode(env: gym.Env, integer: bool, perturbed: bool) -> None:
+    base = env.unwrapped
+    network = _network(integer, perturbed)
+    chunks = embed_document(network, base.chunks)
+    index = ChunkIndex(chunks.numpy())
+    selected: list[int] = []
+    mask = np.ones(base.num_chunks, dtype=bool)
+    for _ in range(6):
+        q = step_q_values(network, chunks, base.question, base.chunks, selected, mask)
+        found = shortlist_step(network, index, chunks, base.question, base.chunks, selected, mask, k=8)
+        action = int(q.argmax())
+        assert found.action == action
+        assert found.value == pytest.approx(float(q[action]), abs=1e-5)
+        assert found.shortlisted + found.fallback < base.num_chunks  # it did not just score everything
+        selected.append(action)
+        mask[action] = False
+
+
+def test_greedy_episode_same_with_and_without_shortlist(env: gym.Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    network = _network(integer=False, perturbed=True)
+    full = greedy_episode(network, env.unwrapped, seed=5)
+    monkeypatch.setattr(inference, "SHORTLIST_MIN_CHUNKS", 0)
+    short = greedy_episode(network, env.unwrapped, seed=5, shortlist=8)
+    assert short.selected == full.selected
+    np.testing.assert_allclose(short.max_q, full.max_q, atol=1e-5)
+
+
+def test_dense_inner_product_shortlist(env: gym.Env) -> None:
+    base = env.unwrapped
+    vectors = base.chunk_vectors()
+    query = vectors[:3].sum(0)
+    mask = np.ones(base.num_chunks, dtype=bool)
+    mask[[int(np.argmax(vectors @ query))]] = False  # the best chunk is already taken
+    found = certified_argmax(ChunkIndex(vectors), query[None], np.full(1, 1e-4), np.zeros(1, dtype=np.int64),
+                             mask, 4, lambda ids: vectors[ids] @ query)
+    assert found.action == int(np.argmax(np.where(mask, vectors @ query, -np.inf)))
+
+
+def test_rotation_bound_holds() -> None:
+    """|<R(p)^T s - R(c)^T s, e>| never exceeds the bound for |p - c| <= half-width."""
+    torch.manual_seed(0)
+    dim = 32
+    frequencies = rotary_frequencies(dim // 2)
+    state = torch.randn(dim)
+    chunks = torch.nn.functional.normalize(torch.randn(500, dim), dim=-1)
+    for half_width in (0.05, 0.5, 3.0, 50.0):
+        centre = 40.0
+        positions = centre + (torch.rand(500) * 2 - 1) * half_width
+        exact = (state * rotate(chunks, positions, frequencies)).sum(-1)
+        approx = chunks @ rotate(state, torch.tensor(-centre), frequencies)
+        bound = rotation_bounds(state.numpy(), frequencies.numpy(), np.array([half_width]), max_norm=1.0)[0]
+        assert float((exact - approx).abs().max()) <= bound
+
+
+def test_batched_embedding_and_scoring_equal_one_shot(env: gym.Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = env.unwrapped
+    network = _network(integer=False, perturbed=True)
+    texts = base.chunks[:300]
+    one_shot = network.embed_chunks(list(texts)).detach()
+    monkeypatch.setattr(inference, "CHUNK_BATCH", 7)
+    streamed = embed_document(network, texts)
+    torch.testing.assert_close(streamed, one_shot, atol=1e-6, rtol=1e-5)
+    selected, mask = [4, 100], np.ones(len(texts), dtype=bool)
+    q_streamed = step_q_values(network, streamed, base.question, texts, selected, mask)
+    monkeypatch.setattr(inference, "CHUNK_BATCH", 10_000)
+    q_one_shot = step_q_values(network, streamed, base.question, texts, selected, mask)
+    torch.testing.assert_close(q_streamed, q_one_shot)
+
+
+def test_encoder_batches_and_cache_dir(env: gym.Env, tmp_path) -> None:
+    texts = list(env.unwrapped.chunks[:24])
+    small = TextEmbedder(batch_size=5, disk_cache=False)
+    large = TextEmbedder(batch_size=24, cache_dir=tmp_path)
+    np.testing.assert_allclose(small.encode_uncached(texts), large.encode(texts), atol=1e-5)
+    large.disk.flush()
+    assert list((tmp_path / large.fingerprint).glob("shard-*.npz"))
+
+
+def test_agent_shortlist_option_acts_like_full_scan(env: gym.Env, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.qrag.agent import QRAGAgent
+    from agents.qrag.checkpoint import save_model
+
+    save_model(_network(integer=False, perturbed=True), tmp_path / "model")
+    monkeypatch.setattr(inference, "SHORTLIST_MIN_CHUNKS", 0)
+    runs = []
+    for shortlist in (None, 8):
+        agent = QRAGAgent(model=str(tmp_path / "model"), shortlist=shortlist)
+        obs, info = env.reset(seed=11)
+        agent.reset(obs, info, env)
+        actions = []
+        for _ in range(3):
+            actions.append(agent.act(obs, info, env))
+            obs, _, _, _, info = env.step(actions[-1])
+        runs.append((actions, agent._max_q))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-5)
