@@ -16,7 +16,7 @@ from qrag_gym.envs.babilong import BabilongEnv
 
 
 def evaluate_lengths(model_dir: Path, task: str, lengths: list[int], episodes: int, data_dir: str | None = None,
-                     threshold: float | None = None) -> list[dict]:
+                     threshold: float | None = None, shortlist: int | None = None) -> list[dict]:
     """One row of mean metrics per context length (tokens), on the validation split."""
     network = load_model(model_dir)
     rows = []
@@ -24,7 +24,7 @@ def evaluate_lengths(model_dir: Path, task: str, lengths: list[int], episodes: i
         env = BabilongEnv(task=task, context_tokens=tokens, split="validation", max_steps=network.config.max_steps,
                           never_terminate=True, data_dir=data_dir, embedder=network.config.encoder)
         start = time.time()
-        metrics = evaluate(network, env, episodes, seed=20_000, threshold=threshold)
+        metrics = evaluate(network, env, episodes, seed=20_000, threshold=threshold, shortlist=shortlist)
         rows.append({"task": task, "context_tokens": tokens, "episodes": episodes,
                      "seconds_per_episode": (time.time() - start) / episodes, **metrics})
     return rows
