@@ -61,8 +61,7 @@ class ShortlistFeatures:
         scores = env.score(state)
         available = int(np.isfinite(scores).sum())
         n = min(self.k, available)
-        top = np.argpartition(-scores, n - 1)[:n] if n else np.zeros(0, dtype=np.int64)
-        top = top[np.argsort(-scores[top], kind="stable")]
+        top = np.argsort(-scores, kind="stable")[:n]  # exact ties (repeated facts): earliest first, like argmax
         vectors = np.zeros((self.k, self.dim), dtype=np.float32)
         vectors[:n] = env.chunk_vectors()[top]
         slot_scores = np.zeros(self.k, dtype=np.float32)
