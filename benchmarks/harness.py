@@ -14,12 +14,11 @@ import gymnasium as gym
 
 from agents.base import Agent, kept_chunks
 from qrag_gym.metrics import retrieval_metrics
+from qrag_gym.readers import answer_babi, answer_matches
 
 EPISODE_SEED_STRIDE = 1_000_003
 LENGTHS = {"1K": 1_000, "4K": 4_000, "32K": 32_000, "128K": 128_000, "1M": 1_000_000, "10M": 10_000_000}
 """Length labels of the paper's tables -> ``context_tokens``."""
-
-Reader = Callable[[str, str, list[str]], "str | None"]
 
 
 def parse_length(text: str) -> tuple[str, int]:
@@ -38,17 +37,6 @@ def parse_length(text: str) -> tuple[str, int]:
     return label, tokens
 
 
-def load_reader() -> Reader | None:
-    """The exact bAbI reader ``qrag_gym.readers.answer_babi`` when this install has it, else ``None``."""
-    try:
-        from qrag_gym.readers import answer_babi
-    except ModuleNotFoundError as err:
-        if err.name != "qrag_gym.readers":
-            raise
-        return None
-    return answer_babi
-
-
 @dataclass(frozen=True)
 class Cell:
     """One benchmark cell; ``length`` is the label, ``tokens`` the ``context_tokens`` asked for."""
@@ -65,8 +53,9 @@ class Cell:
         return (self.agent, self.task, self.length, self.seed)
 
 
-def run_episode(agent: Agent, env: gym.Env, reset_seed: int, reader: Reader | None) -> dict[str, Any]:
-    """Play one episode; metrics from :func:`retrieval_metrics`, seconds spent in the agent and env steps.
+def run_episode(agent: Agent, env: gym.Env, reset_seed: int) -> dict[str, Any]:
+    """Play one episode: metrics from :func:`retrieval_metrics`, the exact bAbI reader's answer from the
+    kept chunks, and the seconds spent in the agent and env steps.
 
     The clock starts after ``env.reset`` (document assembly is the benchmark's cost, not the agent's)
     and includes ``agent.reset``, where agents build per-episode indexes and chunks get encoded.
@@ -81,25 +70,21 @@ def run_episode(agent: Agent, env: gym.Env, reset_seed: int, reader: Reader | No
     seconds = time.perf_counter() - start
     kept = kept_chunks(agent, info)
     record: dict[str, Any] = retrieval_metrics(info["selected_order"], info["supporting_ids"], kept)
-    record["seconds"] = seconds
-    record["answer_correct"] = None
-    if reader is not None:
-        chunks = env.unwrapped.chunks
-        facts = [chunks[i] for i in sorted(kept)]  # the reader follows the story: document order
-        predicted = reader(info["task"], info["question"], facts)
-        record["answer_correct"] = float(predicted is not None and predicted.strip().lower() == info["answer"].strip().lower())
-    record.update(k=len(info["supporting_ids"]), num_chunks=info["num_chunks"], num_tokens=info["num_tokens"],
-                  source=info["source"])
+    chunks = env.unwrapped.chunks
+    facts = [chunks[i] for i in sorted(kept)]  # the reader follows the story: document order
+    predicted = answer_babi(info["task"], info["question"], facts)
+    record.update(seconds=seconds, answer_correct=float(answer_matches(predicted, info["answer"])),
+                  k=len(info["supporting_ids"]), num_chunks=info["num_chunks"], num_tokens=info["num_tokens"],
+                  source=info["source"], selected=list(info["selected_order"]), kept=sorted(kept))
     return record
 
 
-def run_cell(cell: Cell, agent: Agent, env: gym.Env, reader: Reader | None,
-             on_episode: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
+def run_cell(cell: Cell, agent: Agent, env: gym.Env, on_episode: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
     """Every episode of ``cell``, as flat records (cell fields first)."""
     records = []
     for index in range(cell.episodes):
         reset_seed = cell.seed * EPISODE_SEED_STRIDE + index
-        measured = run_episode(agent, env, reset_seed, reader)
+        measured = run_episode(agent, env, reset_seed)
         records.append({"agent": cell.agent, "task": cell.task, "length": cell.length, "context_tokens": cell.tokens,
                         "seed": cell.seed, "episode": index, "reset_seed": reset_seed, **measured})
         on_episode()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 import qrag_gym
 from agents.base import Agent, make_agent, resolve_agent_class
-from benchmarks.harness import Cell, load_reader, parse_length, run_cell
+from benchmarks.harness import Cell, parse_length, run_cell
 from benchmarks.report import load_records, write_outputs
 from qrag_gym.data.babi import TASKS
 
@@ -133,13 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = plan(args)
     records, finished = kept_from_before(load_records(args.out) if args.resume else [], cells)
     todo = [cell for cell in cells if cell.key not in finished]
-    reader = load_reader()
-    if reader is None:
-        print("qrag_gym.readers is not installed here: answer accuracy is left empty", file=sys.stderr)
     run_info: dict[str, Any] = {
         "command": ["qrag-bench", *(argv if argv is not None else sys.argv[1:])], "env_id": ENV_ID,
         "qrag_gym": qrag_gym.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
-        "reader": "qrag_gym.readers.answer_babi" if reader else None, "train_seconds": {},
+        "reader": "qrag_gym.readers.answer_babi", "train_seconds": {},
         "cells_planned": len(cells), "cells_skipped_as_finished": len(cells) - len(todo)}
     envs: dict[tuple[str, int], gym.Env] = {}
     agents: dict[tuple[str, str, int], Agent] = {}
@@ -148,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.set_description(f"{cell.agent} {cell.task} {cell.length} seed {cell.seed}")
             agent = trained_agent(cell, args, agents, run_info)
             env = envs.setdefault((cell.task, cell.tokens), make_env(cell.task, cell.tokens, "validation", args))
-            records += run_cell(cell, agent, env, reader, on_episode=lambda: bar.update(1))
+            records += run_cell(cell, agent, env, on_episode=lambda: bar.update(1))
             run_info["cells_done"] = run_info.get("cells_done", 0) + 1
             write_outputs(args.out, records, run_info)
     print(f"{len(todo)} cells run, {len(cells) - len(todo)} kept from before; outputs in {args.out}/")

@@ -57,7 +57,7 @@ class ShortlistFeatures:
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(self.size,), dtype=np.float32)
 
     def __call__(self, env: RetrievalEnv) -> Shortlist:
-        state = env.embedder.encode([state_text(env)])[0]
+        state = env.embedder.encode([state_text(env)], persist=False)[0]
         scores = env.score(state)
         available = int(np.isfinite(scores).sum())
         n = min(self.k, available)

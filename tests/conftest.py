@@ -1,4 +1,4 @@
-"""Shared fixtures: real data from ``$QRAG_DATA_DIR`` (tests skip cleanly without it), one CPU thread."""
+"""Shared fixtures: real data from $QRAG_DATA_DIR (skip cleanly when absent), small threads."""
 
 from __future__ import annotations
 
@@ -11,21 +11,21 @@ import torch
 
 import qrag_gym  # noqa: F401  (registers the env ids)
 
-torch.set_num_threads(1)  # the test machines are 2 shared cores
+torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    folder = os.environ.get("QRAG_DATA_DIR")
-    if not folder or not (Path(folder) / "babi" / "en-10k").is_dir() or not (Path(folder) / "noise" / "gutenberg").is_dir():
-        pytest.skip("real data not found: set QRAG_DATA_DIR to a folder with babi/en-10k and noise/gutenberg")
-    return Path(folder)
+    root = os.environ.get("QRAG_DATA_DIR")
+    if not root or not (Path(root) / "babi" / "en-10k").is_dir() or not (Path(root) / "noise" / "gutenberg").is_dir():
+        pytest.skip("real data not available: set QRAG_DATA_DIR to the folder holding babi/ and noise/")
+    return Path(root)
 
 
 @pytest.fixture
 def make_env(data_dir: Path):
-    """``make_env(task, tokens)``: a validation-split BABILong env on real data (validation books are few,
-    so the embedder's in-process cache is shared by every test)."""
+    """``make_env(task, tokens)``: a validation-split BABILong env on real data (the validation books are
+    few, so the embedder's in-process cache is shared by every test that encodes)."""
 
     def factory(task: str = "qa1", tokens: int = 1_000, **kwargs) -> gym.Env:
         return gym.make("QRAG-Babilong-v0", task=task, context_tokens=tokens, split="validation",

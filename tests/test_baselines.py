@@ -22,7 +22,7 @@ class FirstAvailableAgent(BaseAgent):
 
 def success(agent_name: str, env, task: str, episodes: int) -> dict[str, float]:
     cell = Cell(agent_name, task, "1K", 1_000, seed=0, episodes=episodes)
-    records = run_cell(cell, make_agent(agent_name, seed=0), env, reader=None)
+    records = run_cell(cell, make_agent(agent_name, seed=0), env)
     return {metric: float(np.mean([r[metric] for r in records])) for metric in ("success_at_k", "success_at_t", "recall")}
 
 
@@ -44,7 +44,7 @@ def test_registry_errors_name_the_problem(name: str, message: str) -> None:
 def test_custom_agent_runs_by_module_name(make_env) -> None:
     agent = make_agent(f"{__name__}:FirstAvailableAgent", seed=3)  # seed is dropped: __init__ takes none
     assert isinstance(agent, FirstAvailableAgent)
-    records = run_cell(Cell(f"{__name__}:FirstAvailableAgent", "qa1", "1K", 1_000, 0, 3), agent, make_env(), None)
+    records = run_cell(Cell(f"{__name__}:FirstAvailableAgent", "qa1", "1K", 1_000, 0, 3), agent, make_env())
     assert [r["steps"] >= 1 for r in records] == [True] * 3
 
 

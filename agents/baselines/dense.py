@@ -20,7 +20,7 @@ class DenseAgent(BaseAgent):
 
     def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
         base = env.unwrapped
-        self._query = base.embedder.encode([base.question])[0]
+        self._query = base.embedder.encode([base.question], persist=False)[0]
 
     def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
         return int(np.argmax(env.unwrapped.score(self._query)))
@@ -32,5 +32,5 @@ class MultiStepDenseAgent(DenseAgent):
     def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
         base = env.unwrapped
         if info["selected_order"]:
-            self._query = base.embedder.encode([state_text(base)])[0]
+            self._query = base.embedder.encode([state_text(base)], persist=False)[0]
         return int(np.argmax(base.score(self._query)))

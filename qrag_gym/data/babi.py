@@ -35,7 +35,7 @@ class BabiFormatError(ValueError):
 class BabiSample:
     """One question with the story statements before it.
 
-    ``supporting`` indexes into ``facts`` (0-based), in story order.
+    ``supporting`` indexes into ``facts`` (0-based), in the order the file lists them (not story order).
     """
 
     facts: tuple[str, ...]

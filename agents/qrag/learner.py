@@ -1,0 +1,214 @@
+"""The Q-RAG learner (qrag-method.md §4): on-policy soft Q-learning with lambda-returns.
+
+Read it top to bottom: :func:`lambda_returns` is the paper's Algorithm 1; :class:`Learner` collects
+``rollout_steps`` transitions from each of ``num_envs`` episodes with a Boltzmann policy over the
+top-k chunks, bootstraps with the soft value of EMA target networks, and regresses both Q halves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.qrag.config import QRAGConfig
+from agents.qrag.networks import QNetwork
+from agents.qrag.rotary import relative_positions
+from qrag_gym.envs.retrieval import RetrievalEnv
+
+
+def lambda_returns(rewards: torch.Tensor, dones: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Targets ``G_t`` for ``T`` transitions (rows) of ``B`` episodes (columns), Algorithm 1 of the paper.
+
+    ``values`` has ``T + 1`` rows: ``values[t]`` is the soft target value of the state in which
+    transition ``t`` was taken, and ``values[T]`` that of the state after the last transition.
+    ``G_{T-1} = r_{T-1} + g m_{T-1} v_T``; ``G_t = r_t + g m_t ((1 - lam) v_{t+1} + lam G_{t+1})``.
+    """
+    steps = rewards.shape[0]
+    if values.shape[0] != steps + 1:
+        raise ValueError(f"need {steps + 1} rows of values for {steps} transitions, got {values.shape[0]}")
+    not_done = 1.0 - dones.float()
+    returns = torch.zeros_like(rewards)
+    returns[-1] = rewards[-1] + gamma * not_done[-1] * values[-1]
+    for t in range(steps - 2, -1, -1):
+        mixed = (1 - lam) * values[t + 1] + lam * returns[t + 1]
+        returns[t] = rewards[t] + gamma * not_done[t] * mixed
+    return returns
+
+
+def soft_value(q_halves: torch.Tensor, valid: torch.Tensor, alpha: float, top_k: int) -> torch.Tensor:
+    """``V = sum_h alpha * logsumexp(Q_h / alpha)`` over each half's top-k available chunks (§4.2)."""
+    masked = q_halves.masked_fill(~valid.unsqueeze(-1), -math.inf)
+    k = min(top_k, masked.shape[-2])
+    best = masked.topk(k, dim=-2).values
+    alpha = max(alpha, 1e-6)
+    finite = torch.isfinite(best)
+    scaled = torch.where(finite, best / alpha, torch.full_like(best, -math.inf))
+    value = alpha * torch.logsumexp(scaled, dim=-2)
+    return torch.where(finite.any(-2), value, torch.zeros_like(value)).sum(-1)
+
+
+def boltzmann_top_k(q: torch.Tensor, valid: torch.Tensor, alpha: float, top_k: int, generator: torch.Generator) -> torch.Tensor:
+    """Sample one action per row from softmax(Q / alpha) restricted to the top-k available chunks."""
+    masked = q.masked_fill(~valid, -math.inf)
+    k = min(top_k, masked.shape[-1])
+    best, index = masked.topk(k, dim=-1)
+    logits = (best - best[:, :1]) / max(alpha, 1e-6)
+    probs = torch.softmax(logits.masked_fill(~torch.isfinite(best), -math.inf), dim=-1)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return index.gather(1, choice).squeeze(1)
+
+
+@dataclass
+class Slot:
+    """One running episode: its env, the chunk embeddings computed at reset, what was selected."""
+
+    env: RetrievalEnv
+    chunks: torch.Tensor | None = None  # online E_a at episode start, (m, d)
+    target_chunks: torch.Tensor | None = None  # target E_a at episode start, (m, d)
+    selected: list[int] = field(default_factory=list)
+    episode_return: float = 0.0
+
+    def positions(self, config: QRAGConfig) -> torch.Tensor:
+        rho = relative_positions(self.env.num_chunks, self.selected, config.position_step,
+                                 config.position_span, config.integer_positions)
+        return torch.from_numpy(rho).float()
+
+    def state_texts(self) -> tuple[str, list[str]]:
+        chunks = self.env.chunks
+        return self.env.question, [chunks[i] for i in sorted(self.selected)]
+
+
+@dataclass
+class Batch:
+    """Transitions of one rollout, flattened time-major for the update."""
+
+    questions: list[str]
+    selected: list[list[str]]
+    actions: list[str]
+    positions: torch.Tensor
+    targets: torch.Tensor
+    episode_returns: list[float]
+    episode_success: list[float]
+
+
+def state_scores(network: QNetwork, slots: list[Slot], config: QRAGConfig, target: bool = False):
+    """Per-half Q of every chunk in every slot: ``(B, M, 2)`` padded, the validity mask and positions."""
+    questions, selected = zip(*(slot.state_texts() for slot in slots))
+    states = network.embed_states(list(questions), list(selected))
+    width = max(slot.env.num_chunks for slot in slots)
+    chunks = torch.zeros(len(slots), width, network.dim, device=network.device)
+    positions = torch.zeros(len(slots), width, device=network.device)
+    valid = torch.zeros(len(slots), width, dtype=torch.bool, device=network.device)
+    for row, slot in enumerate(slots):
+        m = slot.env.num_chunks
+        chunks[row, :m] = slot.target_chunks if target else slot.chunks
+        positions[row, :m] = slot.positions(config)
+        valid[row, :m] = torch.from_numpy(slot.env.action_masks()[:m])
+    return network.q_halves(states.unsqueeze(1), chunks, positions), valid, positions
+
+
+class Learner:
+    """Owns the online and target networks, the optimiser and the running episodes."""
+
+    def __init__(self, config: QRAGConfig, envs: list[RetrievalEnv], online: QNetwork, target: QNetwork) -> None:
+        self.config, self.online, self.target = config, online, target
+        self.target.load_state_dict(online.state_dict())
+        self.target.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(online.parameters(), lr=config.lr, betas=config.adam_betas,
+                                           eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.transitions = 0
+        self.updates = 0
+        self.slots = [Slot(env) for env in envs]
+        for index, slot in enumerate(self.slots):
+            self._start_episode(slot, seed=config.seed + index)
+
+    def _lr_factor(self, update: int) -> float:
+        """Linear warm-up from 0, then linear decay to ``final_lr_ratio`` at ``total_updates``."""
+        config = self.config
+        if update < config.warmup_updates:
+            return (update + 1) / config.warmup_updates
+        progress = min(1.0, (update - config.warmup_updates) / max(1, config.total_updates - config.warmup_updates))
+        return 1.0 - (1.0 - config.final_lr_ratio) * progress
+
+    @property
+    def alpha(self) -> float:
+        """The temperature follows the learning-rate schedule: ``alpha_0 * lr_now / lr_0`` (§4.1)."""
+        return self.config.alpha * self.scheduler.get_last_lr()[0] / self.config.lr
+
+    @torch.no_grad()
+    def _start_episode(self, slot: Slot, seed: int | None = None) -> None:
+        slot.env.reset(seed=seed)
+        slot.selected, slot.episode_return = [], 0.0
+        slot.chunks = self.online.embed_chunks(list(slot.env.chunks))
+        slot.target_chunks = self.target.embed_chunks(list(slot.env.chunks))
+
+    @torch.no_grad()
+    def rollout(self) -> Batch:
+        """``rollout_steps`` steps of every episode; episodes carry over between rollouts."""
+        config = self.config
+        steps, width = config.rollout_steps, len(self.slots)
+        rewards, dones = torch.zeros(steps, width), torch.zeros(steps, width)
+        values = torch.zeros(steps + 1, width)
+        questions, selected, actions = [], [], []
+        positions = torch.zeros(steps, width)
+        returns, successes = [], []
+        random_phase = self.transitions < config.random_transitions
+        for t in range(steps + 1):
+            target_q, valid, _ = state_scores(self.target, self.slots, config, target=True)
+            values[t] = soft_value(target_q, valid, self.alpha, config.top_k)
+            if t == steps:
+                break
+            online_q, _, rho = state_scores(self.online, self.slots, config)
+            if random_phase:
+                scores = torch.rand(valid.shape, generator=self.generator).masked_fill(~valid, -1.0)
+                chosen = scores.argmax(-1)
+            else:
+                chosen = boltzmann_top_k(online_q.sum(-1), valid, self.alpha, config.top_k, self.generator)
+            for row, slot in enumerate(self.slots):
+                action = int(chosen[row])
+                question, texts = slot.state_texts()
+                questions.append(question)
+                selected.append(texts)
+                actions.append(slot.env.chunks[action])
+                positions[t, row] = rho[row, action]
+                _, reward, terminated, truncated, info = slot.env.step(action)
+                slot.selected.append(action)
+                rewards[t, row], dones[t, row] = float(reward), float(terminated or truncated)
+                slot.episode_return += float(reward)
+                if terminated or truncated:
+                    returns.append(slot.episode_return)
+                    successes.append(float(set(info["supporting_ids"]) <= set(info["selected_order"])))
+                    self._start_episode(slot)
+        self.transitions += steps * width
+        targets = lambda_returns(rewards, dones, values, config.gamma, config.lam)
+        return Batch(questions, selected, actions, positions.reshape(-1), targets.reshape(-1), returns, successes)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on the batch: MSE of ``2 Q_h`` toward ``G`` for both halves (§4.3)."""
+        states = self.online.embed_states(batch.questions, batch.selected)
+        chunks = self.online.embed_chunks(batch.actions)
+        q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))
+        targets = batch.targets.to(q.device)
+        loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.updates += 1
+        with torch.no_grad():
+            for target, online in zip(self.target.parameters(), self.online.parameters()):
+                target.lerp_(online, self.config.tau)
+        return {
+            "losses/td_loss": loss.item(),
+            "losses/q_values": float(q.sum(-1).mean()),
+            "losses/grad_norm": float(grad_norm),
+            "charts/learning_rate": self.scheduler.get_last_lr()[0],
+            "charts/alpha": self.alpha,
+        }

@@ -1,0 +1,120 @@
+"""The Q-function Q(s, a) = <E_s(s), R(p) E_a(a)> (qrag-method.md §3), in two interchangeable builds.
+
+- Adapter build (CPU default): a frozen encoder's sentence vectors, computed once per text and
+  cached, feed small trainable adapters. Chunk side ``normalize(e + MLP(e))``; state side starts as
+  the untrained multi-step dense retriever ``normalize(q + sum(selected))`` plus a learned residual
+  (cpu-findings.md: a state that starts as the bare question never sees a reward on qa2).
+- Full build (the paper, for GPUs): two trainable copies of an HF encoder, mean pooled and scaled.
+
+Both take texts, so the learner is the same code for both. The embedding is split into two halves,
+each giving its own Q estimate (§3.3); acting uses their sum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel
+
+from agents.qrag.config import QRAGConfig
+from agents.qrag.rotary import rotary_frequencies, rotate
+from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model
+
+
+def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
+    """Zero the output layer so the adapter starts as the identity (the frozen retriever)."""
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+class QNetwork(nn.Module):
+    """State encoder, chunk encoder and the rotary scoring between them."""
+
+    def __init__(self, config: QRAGConfig, embedder: TextEmbedder | None = None) -> None:
+        super().__init__()
+        self.config = config
+        if config.finetune_encoder:
+            path = resolve_model(config.encoder)
+            self.state_encoder = AutoModel.from_pretrained(path)
+            self.chunk_encoder = AutoModel.from_pretrained(path)
+            self.tokenizer = load_tokenizer(config.encoder)
+            dim = int(self.state_encoder.config.hidden_size)
+        else:
+            if embedder is None:
+                raise ValueError("the adapter build needs the frozen TextEmbedder that supplies features")
+            self._embedder = embedder  # plain attribute: shared, frozen, never in state_dict
+            dim, hidden = embedder.dim, config.adapter_hidden
+            self.chunk_adapter = _zero_last(nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)))
+            self.state_adapter = _zero_last(
+                nn.Sequential(nn.Linear(3 * dim + 1, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            )
+        self.dim = dim
+        self.register_buffer("frequencies", rotary_frequencies(dim // 2), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.frequencies.device
+
+    # ----- features ------------------------------------------------------------------------------
+    def _features(self, texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self._embedder.encode(texts)).to(self.device)
+
+    def _encode_full(self, encoder: nn.Module, input_ids: list[list[int]]) -> torch.Tensor:
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(x) for x in input_ids)
+        ids = torch.full((len(input_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(input_ids):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return mean_pool(hidden, mask) * self.config.embed_scale
+
+    def _piece_ids(self, texts: list[str], limit: int) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit, verbose=False)["input_ids"]
+
+    # ----- the two encoders -----------------------------------------------------------------------
+    def embed_chunks(self, texts: list[str]) -> torch.Tensor:
+        """E_a for chunk texts, before rotation: ``(n, d)``."""
+        if self.config.finetune_encoder:
+            cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+            pieces = self._piece_ids(texts, self.config.chunk_max_tokens)
+            return self._encode_full(self.chunk_encoder, [[cls_id, *p, sep_id] for p in pieces])
+        features = self._features(texts)
+        return nn.functional.normalize(features + self.chunk_adapter(features), dim=-1)
+
+    def embed_states(self, questions: list[str], selected: list[list[str]]) -> torch.Tensor:
+        """E_s for states "question + selected chunks" (each list already in document order): ``(B, d)``."""
+        if self.config.finetune_encoder:
+            return self._encode_full(self.state_encoder, [self._state_ids(q, s) for q, s in zip(questions, selected)])
+        question = self._features(questions)
+        flat = [text for texts in selected for text in texts]
+        summed = torch.zeros_like(question)
+        if flat:
+            owner = torch.tensor([row for row, texts in enumerate(selected) for _ in texts], device=self.device)
+            summed = summed.index_add(0, owner, self._features(flat))
+        count = torch.tensor([[len(s) / self.config.max_steps] for s in selected], device=self.device)
+        base = nn.functional.normalize(question + summed, dim=-1)
+        return base + self.state_adapter(torch.cat([question, summed, base, count], dim=-1))
+
+    def _state_ids(self, question: str, selected: list[str]) -> list[int]:
+        """``[CLS] q [SEP] c1 [SEP] c2 ... [SEP]`` with each piece capped (the authors' ``stack_memory``)."""
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        ids = [cls_id]
+        for piece in self._piece_ids([question, *selected], self.config.state_piece_max_tokens):
+            ids.extend([*piece, sep_id])
+        return ids
+
+    # ----- scoring -------------------------------------------------------------------------------
+    def q_halves(self, states: torch.Tensor, chunks: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Per-half Q values ``(..., 2)`` of chunks ``(..., d)`` at ``positions`` for states ``(..., d)``.
+
+        ``states`` broadcasts against ``chunks`` (e.g. ``(B, 1, d)`` against ``(B, M, d)``).
+        """
+        if positions is not None and self.config.positions == "relative":
+            chunks = rotate(chunks, positions, self.frequencies)
+        products = states * chunks
+        half = self.dim // 2
+        return torch.stack((products[..., :half].sum(-1), products[..., half:].sum(-1)), dim=-1)

@@ -1,0 +1,54 @@
+"""Relative chunk positions and their rotary encoding (qrag-method.md §3.4).
+
+A chunk's position is not its index but where it sits relative to the chunks already selected:
+segment ``j`` (how many selected chunks precede it, counting itself when selected) times ``step``,
+plus its place inside that gap spread over ``[0, span]``. The spread is the same for any document
+length, which is why a model trained on 4K tokens reads 1M-token documents the same way.
+The position enters Q only through a rotation of the chunk embedding, so re-positioning after a
+step is elementwise work on cached vectors: the encoder never runs again on a chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def relative_positions(
+    num_chunks: int, selected: list[int] | np.ndarray, step: float = 20.0, span: float = 18.0, integer: bool = False
+) -> np.ndarray:
+    """Positions ``rho_t(i)`` of every chunk given the selected ones (any order).
+
+    ``integer=True`` truncates to whole positions, as the authors' lookup table does.
+    """
+    bounds = np.sort(np.asarray(selected, dtype=np.int64))
+    index = np.arange(num_chunks)
+    segment = np.searchsorted(bounds, index, side="right")
+    starts = np.concatenate([[0], bounds])[segment]
+    ends = np.concatenate([bounds, [num_chunks]])[segment]
+    lengths = ends - starts
+    offset = np.where(lengths > 1, span * (index - starts) / np.maximum(lengths - 1, 1), 0.0)
+    positions = segment * step + offset
+    return np.floor(positions) if integer else positions
+
+
+def rotary_frequencies(half_dim: int, base: float = 10_000.0) -> torch.Tensor:
+    """``theta_j = base^(-2j / half_dim)`` for the ``half_dim / 2`` interleaved pairs of one half."""
+    if half_dim % 2:
+        raise ValueError(f"each half of the embedding must have even size, got {half_dim}")
+    return base ** (-torch.arange(0, half_dim, 2, dtype=torch.float32) / half_dim)
+
+
+def rotate(vectors: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """Apply ``R(p)`` to each half of ``vectors`` (``(..., d)``) with positions ``(...)``.
+
+    Pairs ``(x_2j, x_2j+1)`` of each half turn by ``p * theta_j``; both halves use the same angles.
+    ``<R(p) x, R(p) y> = <x, y>`` and ``<R(p) x, R(q) y>`` depends only on ``q - p``.
+    """
+    *lead, dim = vectors.shape
+    pairs = vectors.reshape(*lead, 2, dim // 4, 2)
+    angles = positions.unsqueeze(-1).to(vectors.dtype) * frequencies.to(vectors.device)
+    cos, sin = torch.cos(angles).unsqueeze(-2), torch.sin(angles).unsqueeze(-2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    turned = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return turned.reshape(*lead, dim)

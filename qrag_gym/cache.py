@@ -1,0 +1,161 @@
+"""On-disk embedding cache: vectors keyed by (model fingerprint, text), safe under interruption.
+
+Each model fingerprint has its own folder of shards (``.npz`` with 16-byte text digests and float32
+vectors). A shard is written to a temporary name and renamed into place, so a kill leaves either the
+whole shard or none of it. Many small shards are merged into one; past ``max_bytes`` the oldest
+shards are dropped. ``qrag-cache clear`` (or :meth:`EmbeddingDiskCache.clear`) empties it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CACHE_ENV_VAR = "QRAG_CACHE_DIR"
+DEFAULT_MAX_BYTES = 4 * 2**30
+MAX_SHARDS = 32
+FLUSH_EVERY = 2048
+
+
+def default_cache_root() -> Path:
+    """``$QRAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/qrag-gym/embeddings``, else ``~/.cache/qrag-gym/embeddings``."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qrag-gym" / "embeddings"
+
+
+def text_digest(text: str) -> bytes:
+    """16-byte BLAKE2b digest of a text: fixed-size keys, collision odds negligible at 10^7 texts."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an ``.npz`` under a temporary name in the same folder, then rename it into place."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, **arrays)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class EmbeddingDiskCache:
+    """Persistent text -> vector store for one model fingerprint."""
+
+    def __init__(self, fingerprint: str, dim: int, root: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.folder = (root or default_cache_root()) / fingerprint
+        self.dim = dim
+        self.max_bytes = max_bytes
+        self._index: dict[bytes, int] = {}
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._pending: dict[bytes, np.ndarray] = {}
+        self._load()
+        atexit.register(self.flush)
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.npz"), key=lambda p: p.stat().st_mtime) if self.folder.is_dir() else []
+
+    def _read_shards(self) -> tuple[list[Path], list[np.ndarray], list[np.ndarray]]:
+        """Every readable shard on disk now (other processes may have added some)."""
+        paths, keys, vectors = [], [], []
+        for shard in self._shards():
+            try:
+                with np.load(shard) as data:
+                    keys.append(data["keys"])
+                    vectors.append(data["vectors"])
+                paths.append(shard)
+            except (OSError, ValueError, KeyError):  # unreadable or just removed by another process
+                continue
+        return paths, keys, vectors
+
+    def _load(self) -> None:
+        _, keys, vectors = self._read_shards()
+        if keys:
+            all_keys = np.concatenate(keys)
+            self._vectors = np.concatenate(vectors).astype(np.float32, copy=False)
+            self._index = {bytes(k): i for i, k in enumerate(all_keys)}  # later shards win
+
+    def __len__(self) -> int:
+        return len(self._index) + len(self._pending)
+
+    def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (found mask, vectors); rows of texts not in the cache are zero."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        found = np.zeros(len(texts), dtype=bool)
+        for row, text in enumerate(texts):
+            key = text_digest(text)
+            index = self._index.get(key)
+            if index is not None:
+                out[row], found[row] = self._vectors[index], True
+            elif key in self._pending:
+                out[row], found[row] = self._pending[key], True
+        return found, out
+
+    def add(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Remember new vectors; they reach the disk in one shard per ``FLUSH_EVERY`` texts (and at exit)."""
+        for text, vector in zip(texts, np.asarray(vectors, dtype=np.float32)):
+            self._pending[text_digest(text)] = vector
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write pending vectors as one shard (atomically), then compact or trim if needed."""
+        if not self._pending:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys = np.frombuffer(b"".join(self._pending), dtype="S16")
+        vectors = np.stack(list(self._pending.values()))
+        atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=keys, vectors=vectors)
+        start = len(self._vectors)
+        self._vectors = np.concatenate([self._vectors, vectors])
+        for offset, key in enumerate(keys):
+            self._index[bytes(key)] = start + offset
+        self._pending = {}
+        if len(self._shards()) > MAX_SHARDS:
+            self._compact()
+        self._trim()
+
+    def _compact(self) -> None:
+        """Merge the shards on disk into one, written before exactly those shards are removed.
+
+        Shards are re-read from disk rather than taken from memory, so vectors that another process
+        wrote meanwhile are merged too, never lost.
+        """
+        paths, keys, vectors = self._read_shards()
+        all_keys, first = np.unique(np.concatenate(keys)[::-1], return_index=True)  # newest copy wins
+        merged = np.concatenate(vectors)[::-1][first]
+        atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=all_keys, vectors=merged)
+        for shard in paths:
+            shard.unlink(missing_ok=True)
+
+    def _trim(self) -> None:
+        shards = self._shards()
+        while len(shards) > 1 and sum(s.stat().st_size for s in shards) > self.max_bytes:
+            shards.pop(0).unlink(missing_ok=True)
+
+    def size_bytes(self) -> int:
+        return sum(s.stat().st_size for s in self._shards())
+
+    def clear(self) -> None:
+        """Delete this fingerprint's folder and forget everything in memory."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._index, self._pending = {}, {}
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+
+
+def clear_all(root: Path | None = None) -> Path:
+    """Delete the whole cache folder (every model); returns the folder removed."""
+    folder = root or default_cache_root()
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder

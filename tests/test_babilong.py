@@ -1,0 +1,134 @@
+"""BABILong assembly on real files, rewards, lengths and the error paths."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import qrag_gym  # noqa: F401  (registers the ids)
+from qrag_gym.data.babi import TASKS, BabiFormatError, parse_babi_lines
+from qrag_gym.data.paths import DataNotFoundError
+from qrag_gym.envs.retrieval import InvalidActionError
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_supporting_ids_point_at_the_supporting_facts(task: str, data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task=task, num_sentences=160)
+    source = env.unwrapped._source
+    for seed in range(20):
+        _, info = env.reset(seed=seed)
+        chunks, meta = env.unwrapped.chunks, env.unwrapped.episode.meta
+        story = next(s for s in source.samples if s.story_index == meta["story_index"]
+                     and len(s.facts) == meta["num_facts"] and s.question == info["question"])
+        assert sorted(chunks[i] for i in info["supporting_ids"]) == sorted(story.facts[j] for j in story.supporting)
+        fact_positions = [i for i, c in enumerate(chunks) if c in set(story.facts)]
+        assert [chunks[i] for i in fact_positions] == list(story.facts)  # facts keep their order
+        assert info["source"] == "babi-real+gutenberg"
+
+
+def test_context_tokens_are_measured(data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task="qa1", context_tokens=4_000)
+    for seed in range(5):
+        _, info = env.reset(seed=seed)
+        assert 4_000 <= info["num_tokens"] < 4_000 + 400
+
+
+def test_shaped_reward_and_termination(data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=50)
+    obs, info = env.reset(seed=3)
+    noise = next(i for i in np.flatnonzero(obs["action_mask"]) if i not in info["supporting_ids"])
+    rewards = [env.step(int(noise))[1]]
+    for index in info["supporting_ids"]:
+        _, reward, terminated, truncated, info = env.step(index)
+        rewards.append(reward)
+    assert rewards[:-1] == [0.0] * (len(rewards) - 1)
+    assert rewards[-1] == pytest.approx(0.5 + 0.5 * 2 / 3) and terminated and not truncated
+
+
+def test_binary_reward_never_terminate_runs_max_steps(data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50, reward="binary", never_terminate=True, max_steps=3)
+    obs, info = env.reset(seed=0)
+    _, reward, terminated, truncated, _ = env.step(info["supporting_ids"][0])
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    others = [int(i) for i in np.flatnonzero(env.unwrapped.action_masks())[:2]]
+    assert env.step(others[0])[1] == 0.0
+    _, reward, terminated, truncated, _ = env.step(others[1])
+    assert (reward, terminated, truncated) == (1.0, False, True)
+
+
+def test_masked_action_is_a_flagged_no_op(data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50)
+    _, info = env.reset(seed=0)
+    env.step(0)
+    _, reward, _, _, info = env.step(0)
+    assert info["invalid_action"] and reward == pytest.approx(-0.1) and info["selected_order"] == [0]
+    padding = env.unwrapped.num_chunks
+    if padding < env.unwrapped.max_chunks:
+        assert env.step(padding)[4]["invalid_action"]
+
+
+@pytest.mark.parametrize("action", [-1, 10**9, "three", 1.5])
+def test_out_of_space_action_raises(action, data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50).unwrapped
+    env.reset(seed=0)
+    with pytest.raises(InvalidActionError):
+        env.step(action)
+
+
+def test_validation_split_is_disjoint(data_dir) -> None:
+    train = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50, split="train").unwrapped
+    valid = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50, split="validation").unwrapped
+    assert {s.story_index for s in train._source.samples}.isdisjoint({s.story_index for s in valid._source.samples})
+    assert set(train._source.noise.book_names).isdisjoint(valid._source.noise.book_names)
+    assert "validation" in valid.reset(seed=0)[1]["split_rule"]
+
+
+def test_unknown_task_and_bad_lengths() -> None:
+    with pytest.raises(ValueError, match="unknown bAbI task 'qa9'"):
+        gym.make("QRAG-Babilong-v0", task="qa9")
+    with pytest.raises(ValueError, match="not both"):
+        gym.make("QRAG-Babilong-v0", context_tokens=1000, num_sentences=50)
+    with pytest.raises(ValueError, match="positive"):
+        gym.make("QRAG-Babilong-v0", context_tokens=0)
+    with pytest.raises(ValueError, match="reward variant"):
+        gym.make("QRAG-Babilong-v0", reward="dense")
+
+
+def test_missing_data_folder_says_where_it_looked(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("QRAG_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="Searched, in order") as error:
+        gym.make("QRAG-Babilong-v0", source="real")
+    assert str(tmp_path / "babi/en-10k") in str(error.value)
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        gym.make("QRAG-Babilong-v0", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_malformed_babi_lines_name_file_and_line() -> None:
+    with pytest.raises(BabiFormatError, match=r"story.txt:2: expected '<id> <text>'"):
+        parse_babi_lines(["1 Mary went home.", "oops"], "qa1", origin="story.txt")
+    with pytest.raises(BabiFormatError, match=r"story.txt:2: supporting ids"):
+        parse_babi_lines(["1 Mary went home.", "2 Where is Mary?\thome\t7"], "qa1", origin="story.txt")
+    with pytest.raises(BabiFormatError, match=r":3: line id 5 follows id 2"):
+        parse_babi_lines(["1 a b c.", "2 d e f.", "5 g h i."], "qa1")
+
+
+def test_offline_generated_source_is_labelled(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("QRAG_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    env = gym.make("QRAG-Babilong-v0", task="qa3", num_sentences=80)
+    _, info = env.reset(seed=0)
+    assert info["source"] == "babi-generated+synthetic-noise"
+    assert len(info["supporting_ids"]) == 3
+
+
+def test_embedder_scores_every_candidate_once(data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50, embedder="default").unwrapped
+    _, info = env.reset(seed=0)
+    vectors = env.chunk_vectors()
+    assert env.chunk_vectors() is vectors  # encoded once per episode
+    query = env.embedder.encode([info["question"]], persist=False)[0]
+    scores = env.score(query)
+    assert scores.shape == (env.max_chunks,) and np.isneginf(scores[env.num_chunks:]).all()
+    env.step(int(np.argmax(scores)))
+    assert np.isneginf(env.score(query)[int(np.argmax(scores))])
