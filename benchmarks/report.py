@@ -141,3 +141,43 @@ def load_records(out: Path) -> list[dict[str, Any]]:
     """Records of an earlier run in ``out`` (for ``--resume``); empty when there is none."""
     path = out / EPISODES_JSON
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def merge_runs(out: Path, runs: Sequence[Path]) -> int:
+    """Combine the records of runs made in parallel (e.g. cheap baselines and SB3 agents) into ``out``.
+
+    An episode present in several runs (same agent, task, length, seed, episode) is taken from the
+    last run named. Returns the number of episodes written.
+    """
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    infos = {}
+    for run in runs:
+        records = load_records(run)
+        if not records:
+            raise FileNotFoundError(f"no {EPISODES_JSON} in {run}")
+        for record in records:
+            merged[(record["agent"], record["task"], record["length"], record["seed"], record["episode"])] = record
+        info_path = run / RUN_JSON
+        infos[str(run)] = json.loads(info_path.read_text()) if info_path.exists() else None
+    write_outputs(out, list(merged.values()), {"merged_from": infos})
+    return len(merged)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                     description="Merge benchmark runs into one set of outputs (JSON, CSV, table, plot).")
+    parser.add_argument("out", type=Path, help="folder to write the merged outputs to")
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders holding episodes.json")
+    args = parser.parse_args(argv)
+    try:
+        count = merge_runs(args.out, args.runs)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    print(f"{count} episodes from {len(args.runs)} runs written to {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -78,3 +78,14 @@ def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path
     assert json.loads((tmp_path / report.RUN_JSON).read_text())["cells_skipped_as_finished"] == 5
     key = lambda r: (r["agent"], r["task"], r["episode"], r["success_at_k"], r["steps"])  # noqa: E731
     assert sorted(map(key, again)) == sorted(map(key, records))  # same episodes, same seeds, same results
+
+
+def test_merge_runs_combines_folders(tmp_path: Path) -> None:
+    base = {"task": "qa1", "length": "1K", "context_tokens": 1_000, "seed": 0, "episode": 0, "success_at_k": 1.0,
+            "success_at_t": 1.0, "f1": 1.0, "seconds": 0.1, "answer_correct": 1.0, "source": "test"}
+    for name in ("a", "b"):
+        report.write_json(tmp_path / name / report.EPISODES_JSON, [{**base, "agent": name}])
+    assert report.main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "| b | 1K | 1.00 |" in (tmp_path / "out" / report.SUMMARY_MD).read_text()
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "out2"), str(tmp_path / "missing")])

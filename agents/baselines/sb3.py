@@ -8,6 +8,7 @@ acts at any other (the view's size does not depend on the document).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ from agents.base import BaseAgent
 from qrag_gym.wrappers import Shortlist, ShortlistFeatures, ShortlistView
 
 
-class SB3Agent(BaseAgent):
+class SB3Agent(BaseAgent, ABC):
     """Shared plumbing: train through the view, act on the raw env by rebuilding the view each step."""
 
     algorithm: ClassVar[type[BaseAlgorithm]]
@@ -32,8 +33,9 @@ class SB3Agent(BaseAgent):
         self.model: BaseAlgorithm | None = None
         self._features: ShortlistFeatures | None = None
 
+    @abstractmethod
     def _build(self, view: ShortlistView) -> BaseAlgorithm:
-        raise NotImplementedError
+        """The SB3 model, configured for this algorithm, on the view."""
 
     def learn(self, env: gym.Env, total_timesteps: int | None = None) -> None:
         """Train on ``env`` (a training-split retrieval env) for ``total_timesteps`` view steps."""
@@ -53,8 +55,9 @@ class SB3Agent(BaseAgent):
             raise RuntimeError(f"{type(self).__name__} has no policy yet: call learn(env, steps) or load(path) first")
         return self.model
 
+    @abstractmethod
     def _choose(self, shortlist: Shortlist) -> int:
-        raise NotImplementedError
+        """The slot the trained policy picks (greedy), among the valid ones."""
 
     def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
         self._require_model()
