@@ -144,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cell in todo:
             bar.set_description(f"{cell.agent} {cell.task} {cell.length} seed {cell.seed}")
             agent = trained_agent(cell, args, agents, run_info)
-            env = envs.setdefault((cell.task, cell.tokens), make_env(cell.task, cell.tokens, "validation", args))
+            if (cell.task, cell.tokens) not in envs:
+                envs[(cell.task, cell.tokens)] = make_env(cell.task, cell.tokens, "validation", args)
+            env = envs[(cell.task, cell.tokens)]
             records += run_cell(cell, agent, env, on_episode=lambda: bar.update(1))
             run_info["cells_done"] = run_info.get("cells_done", 0) + 1
             write_outputs(args.out, records, run_info)
