@@ -32,3 +32,13 @@ def make_env(data_dir: Path):
                         data_dir=str(data_dir), source="real", **kwargs)
 
     return factory
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for tests dominated by one-text encoder calls: on a busy 2-core machine a
+    second thread only adds contention (measured here: 26 ms vs 139 ms per forward)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,6 +12,8 @@ from benchmarks.harness import Cell, run_cell
 
 CHEAP = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class FirstAvailableAgent(BaseAgent):
     """A user's agent, named by ``module:Class`` in the tests: always the first available chunk."""

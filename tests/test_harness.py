@@ -15,6 +15,8 @@ from benchmarks import report
 from benchmarks.harness import parse_length
 from benchmarks.run import QUICK, main, parse_args
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class LastAvailableAgent(BaseAgent):
     """A user's agent named ``module:Class`` on the command line."""

@@ -11,6 +11,8 @@ from stable_baselines3.common.env_checker import check_env
 from agents import make_agent
 from qrag_gym.wrappers import ShortlistView
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def test_passes_sb3_check_env_without_warnings(make_env) -> None:
     with warnings.catch_warnings():
