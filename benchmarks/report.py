@@ -106,12 +106,14 @@ def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
     agents, tasks, lengths = _orders(records)
     tokens = {r["length"]: r["context_tokens"] for r in records}
     means = cell_means(records, "success_at_k")
-    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), sharey=True, squeeze=False)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.8), sharey=True, squeeze=False)
+    styles = [(marker, line) for line in ("-", "--", ":") for marker in ("o", "s", "^", "D", "v", "x")]
     for axis, task in zip(axes[0], tasks):
-        for agent in agents:
+        for index, agent in enumerate(agents):
             points = [(tokens[n], means[(agent, task, n)][0]) for n in lengths if (agent, task, n) in means]
-            if points:
-                axis.plot(*zip(*points), marker="o", label=agent)
+            if points:  # distinct markers and dashes: agents that tie (dense vs multi-step at k=1) stay visible
+                marker, line = styles[index % len(styles)]
+                axis.plot(*zip(*points), marker=marker, linestyle=line, markersize=5, alpha=0.85, label=agent)
         axis.set_xscale("log")
         axis.set_xticks([tokens[n] for n in lengths], lengths)
         axis.minorticks_off()
@@ -120,8 +122,9 @@ def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
         axis.set_ylim(-0.03, 1.03)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("success@k")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
