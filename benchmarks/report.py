@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json", "episodes.csv", "summary.md", "success_vs_length.png", "run.json")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 SUMMARY_METRICS = (("success_at_k", "success@k"), ("success_at_t", "success@T"), ("answer_correct", "answer accuracy"),
                    ("f1", "F1"), ("seconds", "seconds per episode"))
 
@@ -35,6 +37,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -42,7 +45,12 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=1) + "\n").encode())
+    """Indented JSON; a list is written one item per line (compact, and diffs stay readable)."""
+    if isinstance(value, list):
+        text = "[\n" + ",\n".join(json.dumps(item) for item in value) + "\n]\n"
+    else:
+        text = json.dumps(value, indent=1) + "\n"
+    write_atomic(path, text.encode())
 
 
 def episodes_csv(records: Sequence[dict[str, Any]]) -> str:
