@@ -1,7 +1,9 @@
 """Runs one agent over the episodes of one benchmark cell and measures each episode.
 
 A cell is (agent, task, length, seed). Its episodes are the env's episodes for reset seeds
-``seed * EPISODE_SEED_STRIDE + i``, so every agent is measured on exactly the same documents.
+``seed * EPISODE_SEED_STRIDE + i``, so every agent is measured on exactly the same documents; and since
+the env draws the bAbI story first, episode ``i`` asks the same question at every length, hidden in
+more noise: the length comparison is paired.
 """
 
 from __future__ import annotations

@@ -91,7 +91,12 @@ def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
         if not means:
             continue
         digits = 3 if metric == "seconds" else 2
-        lines += [f"## {title}", "", "| agent | length | " + " | ".join(tasks) + " |",
+        lines += [f"## {title}", ""]
+        if metric == "seconds":
+            lines += ["Time in the agent and env steps. It includes encoding whatever the embedder's caches (in "
+                      "memory per process, and on disk) did not hold yet, so it shows cache warmth as much as "
+                      "the agent's own cost; BM25 rebuilds its index every episode.", ""]
+        lines += ["| agent | length | " + " | ".join(tasks) + " |",
                   "|---|---|" + "---|" * len(tasks)]
         for agent in agents:
             for length in lengths:
@@ -169,7 +174,11 @@ def merge_runs(out: Path, runs: Sequence[Path]) -> int:
         for record in records:
             merged[(record["agent"], record["task"], record["length"], record["seed"], record["episode"])] = record
         info_path = run / RUN_JSON
-        infos[str(run)] = json.loads(info_path.read_text()) if info_path.exists() else None
+        info = json.loads(info_path.read_text()) if info_path.exists() else None
+        if info and "merged_from" in info:  # re-merging a merged folder: keep the original runs' infos flat
+            infos.update(info["merged_from"])
+        else:
+            infos[str(run)] = info
     write_outputs(out, list(merged.values()), {"merged_from": infos})
     return len(merged)
 
