@@ -4,6 +4,8 @@ Importing the package registers every environment id::
 
     import gymnasium as gym, qrag_gym
     env = gym.make("QRAG-Babilong-v0", task="qa2", context_tokens=32_000)
+    env = gym.make("QRAG-NIAH-v0", variant="multivalue", context_tokens=128_000)
+    env = gym.make("QRAG-HotpotQA-v0", split="validation")
 """
 
 from gymnasium.envs.registration import register
@@ -18,6 +20,18 @@ register(
     kwargs={"task": "qa1"},
 )
 
-ENV_IDS = ("QRAG-Babilong-v0",)
+register(
+    id="QRAG-NIAH-v0",
+    entry_point="qrag_gym.envs.niah:NiahEnv",
+    kwargs={"variant": "single_1", "context_tokens": 4000},
+)
+
+register(
+    id="QRAG-HotpotQA-v0",
+    entry_point="qrag_gym.envs.hotpotqa:HotpotQAEnv",
+    kwargs={"split": "train"},
+)
+
+ENV_IDS = ("QRAG-Babilong-v0", "QRAG-NIAH-v0", "QRAG-HotpotQA-v0")
 
 __all__ = ["ENV_IDS", "Episode", "__version__"]

@@ -38,6 +38,12 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+def _as_digest_rows(keys: np.ndarray) -> np.ndarray:
+    """Keys as ``(n, 16)`` uint8 rows. (numpy's ``S16`` scalars drop trailing zero bytes, so digests are
+    never handled as ``S16`` values; the raw buffer is the same either way.)"""
+    return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, 16)
+
+
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write an ``.npz`` under a temporary name in the same folder, then rename it into place."""
     handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -64,19 +70,30 @@ class EmbeddingDiskCache:
         atexit.register(self.flush)
 
     def _shards(self) -> list[Path]:
-        return sorted(self.folder.glob("shard-*.npz"), key=lambda p: p.stat().st_mtime) if self.folder.is_dir() else []
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob("shard-*.npz"), key=lambda p: p.name)  # names start with time_ns
 
-    def _read_shards(self) -> tuple[list[Path], list[np.ndarray], list[np.ndarray]]:
-        """Every readable shard on disk now (other processes may have added some)."""
-        paths, keys, vectors = [], [], []
-        for shard in self._shards():
-            try:
-                with np.load(shard) as data:
-                    keys.append(data["keys"])
-                    vectors.append(data["vectors"])
-                paths.append(shard)
-            except (OSError, ValueError, KeyError):  # unreadable or just removed by another process
-                continue
+    def _read_shards(self, attempts: int = 5) -> tuple[list[Path], list[np.ndarray], list[np.ndarray]]:
+        """Every readable shard on disk now (other processes may have added some).
+
+        If another process compacts while we read (a listed shard vanishes), the listing is read
+        again: its merged shard holds what vanished.
+        """
+        for _ in range(attempts):
+            paths, keys, vectors, vanished = [], [], [], False
+            for shard in self._shards():
+                try:
+                    with np.load(shard) as data:
+                        keys.append(_as_digest_rows(data["keys"]))
+                        vectors.append(data["vectors"])
+                    paths.append(shard)
+                except FileNotFoundError:
+                    vanished = True
+                except (OSError, ValueError, KeyError):  # unreadable (foreign or damaged file): skip it
+                    continue
+            if not vanished:
+                break
         return paths, keys, vectors
 
     def _load(self) -> None:
@@ -84,7 +101,7 @@ class EmbeddingDiskCache:
         if keys:
             all_keys = np.concatenate(keys)
             self._vectors = np.concatenate(vectors).astype(np.float32, copy=False)
-            self._index = {bytes(k): i for i, k in enumerate(all_keys)}  # later shards win
+            self._index = {k.tobytes(): i for i, k in enumerate(all_keys)}  # later shards win
 
     def __len__(self) -> int:
         return len(self._index) + len(self._pending)
@@ -114,13 +131,13 @@ class EmbeddingDiskCache:
         if not self._pending:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = np.frombuffer(b"".join(self._pending), dtype="S16")
+        keys = np.frombuffer(b"".join(self._pending), dtype=np.uint8).reshape(-1, 16)
         vectors = np.stack(list(self._pending.values()))
         atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=keys, vectors=vectors)
         start = len(self._vectors)
         self._vectors = np.concatenate([self._vectors, vectors])
         for offset, key in enumerate(keys):
-            self._index[bytes(key)] = start + offset
+            self._index[key.tobytes()] = start + offset
         self._pending = {}
         if len(self._shards()) > MAX_SHARDS:
             self._compact()
@@ -133,7 +150,7 @@ class EmbeddingDiskCache:
         wrote meanwhile are merged too, never lost.
         """
         paths, keys, vectors = self._read_shards()
-        all_keys, first = np.unique(np.concatenate(keys)[::-1], return_index=True)  # newest copy wins
+        all_keys, first = np.unique(np.concatenate(keys)[::-1], axis=0, return_index=True)  # newest copy wins
         merged = np.concatenate(vectors)[::-1][first]
         atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=all_keys, vectors=merged)
         for shard in paths:

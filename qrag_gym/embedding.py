@@ -101,13 +101,14 @@ class TextEmbedder:
         self.disk = EmbeddingDiskCache(self.fingerprint, self.dim) if disk_cache else None
 
     def _fingerprint(self, path: str) -> str:
-        """A short hash of the weights and encoding settings: different weights never share cache keys."""
-        digest = hashlib.sha256(f"{path}|{self.max_length}|{self.normalize}|{self.bf16}".encode())
-        with torch.no_grad():
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
-                digest.update(str(float(tensor.float().sum())).encode())
+        """A hash of every weight byte and the encoding settings: different weights never share keys.
+
+        Raw bytes, not sums: a float sum depends on the thread count and would split the cache.
+        """
+        digest = hashlib.sha256(f"{self.max_length}|{self.normalize}|{self.bf16}".encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     @torch.inference_mode()

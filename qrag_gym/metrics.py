@@ -7,10 +7,16 @@ For a question with k supporting chunks and the chunks an agent selected (in sel
 - ``precision`` / ``recall`` / ``f1``: set overlap between the *kept* chunks and the supporting ones.
   ``kept`` is what the agent hands to a reader, e.g. after the Q-threshold stop; it defaults to every
   selection.
+
+Answer metrics for readers: RULER's string match (NIAH) and SQuAD-normalised exact match / token F1
+(HotpotQA).
 """
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from typing import Iterable, Sequence
 
 
@@ -39,3 +45,60 @@ def retrieval_metrics(
         "f1": f1,
         "steps": float(len(selected_order)),
     }
+
+
+# ----- answer metrics (readers) ------------------------------------------------------------------------
+def ruler_string_match(prediction: str, gold_values: Sequence[str]) -> float:
+    """RULER's NIAH score: the fraction of gold values contained in the prediction, case-insensitive.
+
+    Containment, not equality, because a generative reader wraps values in prose ("The special magic
+    number for ... is 1234567."); multi-value questions earn partial credit per value found.
+    """
+    if not gold_values:
+        raise ValueError("ruler_string_match needs at least one gold value")
+    text = prediction.lower()
+    return sum(value.lower() in text for value in gold_values) / len(gold_values)
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+_SPECIAL = frozenset({"yes", "no", "noanswer"})
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD/HotpotQA answer normalisation: lower-case, drop punctuation and articles, squash spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _golds(gold: str | Sequence[str]) -> list[str]:
+    golds = [gold] if isinstance(gold, str) else list(gold)
+    if not golds:
+        raise ValueError("answer metrics need at least one gold answer")
+    return golds
+
+
+def answer_exact_match(prediction: str, gold: str | Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised gold answer (best over several golds)."""
+    predicted = normalize_answer(prediction)
+    return float(any(predicted == normalize_answer(g) for g in _golds(gold)))
+
+
+def answer_f1(prediction: str, gold: str | Sequence[str]) -> float:
+    """SQuAD token F1 between the normalised prediction and gold answer (best over several golds).
+
+    As in the HotpotQA evaluation script, yes/no/noanswer only score when prediction and gold agree.
+    """
+    predicted = normalize_answer(prediction)
+    best = 0.0
+    for gold_text in _golds(gold):
+        expected = normalize_answer(gold_text)
+        if (predicted in _SPECIAL or expected in _SPECIAL) and predicted != expected:
+            continue
+        common = Counter(predicted.split()) & Counter(expected.split())
+        same = sum(common.values())
+        if same:
+            precision, recall = same / len(predicted.split()), same / len(expected.split())
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+

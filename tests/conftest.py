@@ -42,3 +42,21 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+SMALL_BOOKS = ("blake-poems", "blake-songs", "burgess-busterbrown", "carroll-alice", "shakespeare-caesar", "whitman-patriotic")
+"""Six short real books (about 5,000 sentences): encoding them cold fits in a CI minute. The last,
+whitman-patriotic, is the validation book under the sorted-index rule."""
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real bAbI stories with a small real haystack, linked (never copied) from the data folder."""
+    root = tmp_path_factory.mktemp("small-data")
+    (root / "babi").mkdir()
+    (root / "babi" / "en-10k").symlink_to(data_dir / "babi" / "en-10k")
+    books = root / "noise" / "gutenberg"
+    books.mkdir(parents=True)
+    for name in SMALL_BOOKS:
+        (books / f"{name}.txt").symlink_to(data_dir / "noise" / "gutenberg" / f"{name}.txt")
+    return root

@@ -132,3 +132,11 @@ def test_embedder_scores_every_candidate_once(data_dir) -> None:
     assert scores.shape == (env.max_chunks,) and np.isneginf(scores[env.num_chunks:]).all()
     env.step(int(np.argmax(scores)))
     assert np.isneginf(env.score(query)[int(np.argmax(scores))])
+
+
+def test_per_fact_reward_pays_each_supporting_fact(data_dir) -> None:
+    env = gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=50, per_fact_reward=0.1)
+    _, info = env.reset(seed=5)
+    first, second = info["supporting_ids"]
+    assert env.step(first)[1] == pytest.approx(0.1)
+    assert env.step(second)[1] == pytest.approx(0.1 + 1.0)

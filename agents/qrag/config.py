@@ -36,6 +36,8 @@ class QRAGConfig:
     task: str = "qa3"
     train_num_sentences: int = 100
     max_steps: int = 6
+    per_fact_reward: float = 0.0
+    """Training-only shaping (the authors' option, 0 in their configs); validation always uses 0."""
     num_envs: int = 1
     rollout_steps: int = 65
     # --- learning (§4) --------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from agents.qrag.config import QRAGConfig
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import relative_positions
 from qrag_gym.envs.retrieval import RetrievalEnv
+from qrag_gym.data.babi import TASKS
 from qrag_gym.metrics import retrieval_metrics
+from qrag_gym.readers import answer_babi, answer_matches
 
 CHUNK_BATCH = 8192
 
@@ -47,19 +49,27 @@ def embed_document(network: QNetwork, chunks: tuple[str, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: str, chunks: tuple[str, ...],
+                  selected: list[int], action_mask) -> torch.Tensor:
+    """Q of every chunk in the current state (``-inf`` where masked): one state forward, one re-rotation."""
+    config: QRAGConfig = network.config
+    state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
+    rho = relative_positions(len(chunks), selected, config.position_step, config.position_span, config.integer_positions)
+    q = network.q_halves(state, chunk_embeddings, torch.from_numpy(rho).float().to(network.device)).sum(-1)
+    valid = torch.from_numpy(np.asarray(action_mask[: len(chunks)], dtype=bool)).to(q.device)
+    return q.masked_fill(~valid, -torch.inf)
+
+
+@torch.no_grad()
 def greedy_episode(network: QNetwork, env: RetrievalEnv, seed: int | None = None) -> GreedyEpisode:
     """Run one episode choosing ``argmax_a Q(s, a)`` until the env ends it."""
-    config: QRAGConfig = network.config
     _, info = env.reset(seed=seed)
     chunks = embed_document(network, env.chunks)
     selected: list[int] = []
     max_q: list[float] = []
     done = False
     while not done:
-        state = network.embed_states([env.question], [[env.chunks[i] for i in sorted(selected)]])
-        rho = relative_positions(env.num_chunks, selected, config.position_step, config.position_span, config.integer_positions)
-        q = network.q_halves(state, chunks, torch.from_numpy(rho).float().to(network.device)).sum(-1)
-        q = q.masked_fill(~torch.from_numpy(env.action_masks()[: env.num_chunks]).to(q.device), -torch.inf)
+        q = step_q_values(network, chunks, env.question, env.chunks, selected, env.action_masks())
         action = int(q.argmax())
         max_q.append(float(q[action]))
         selected.append(action)
@@ -69,7 +79,10 @@ def greedy_episode(network: QNetwork, env: RetrievalEnv, seed: int | None = None
 
 
 def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0, threshold: float | None = None) -> dict[str, float]:
-    """Mean metrics over ``episodes`` greedy episodes; F1 is of the set kept after the Q-threshold stop."""
+    """Mean metrics over ``episodes`` greedy episodes.
+
+    F1 and the bAbI reader's answer accuracy use the set kept after the Q-threshold stop.
+    """
     threshold = network.config.q_threshold if threshold is None else threshold
     rows = []
     for index in range(episodes):
@@ -77,5 +90,9 @@ def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0,
         kept = keep_until_threshold(episode.selected, episode.max_q, threshold)
         metrics = retrieval_metrics(episode.selected, episode.info["supporting_ids"], kept=kept)
         metrics["kept"] = float(len(kept))
+        if episode.info["task"] in TASKS:  # the exact reader, on the kept facts in document order
+            facts = [env.chunks[i] for i in sorted(kept)]
+            answer = answer_babi(episode.info["task"], episode.info["question"], facts)
+            metrics["answer_accuracy"] = float(answer_matches(answer, episode.info["answer"]))
         rows.append(metrics)
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}

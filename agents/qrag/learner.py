@@ -95,20 +95,35 @@ class Batch:
     episode_success: list[float]
 
 
-def state_scores(network: QNetwork, slots: list[Slot], config: QRAGConfig, target: bool = False):
-    """Per-half Q of every chunk in every slot: ``(B, M, 2)`` padded, the validity mask and positions."""
+@dataclass
+class StepTensors:
+    """The running episodes padded to one width: built once per step, shared by both networks."""
+
+    chunks: torch.Tensor  # online E_a, (B, M, d)
+    target_chunks: torch.Tensor  # target E_a, (B, M, d)
+    positions: torch.Tensor  # (B, M)
+    valid: torch.Tensor  # (B, M) bool
+
+    @classmethod
+    def build(cls, slots: list[Slot], config: QRAGConfig) -> "StepTensors":
+        width, dim = max(slot.env.num_chunks for slot in slots), slots[0].chunks.shape[-1]
+        chunks = torch.zeros(len(slots), width, dim)
+        target_chunks = torch.zeros(len(slots), width, dim)
+        positions = torch.zeros(len(slots), width)
+        valid = torch.zeros(len(slots), width, dtype=torch.bool)
+        for row, slot in enumerate(slots):
+            m = slot.env.num_chunks
+            chunks[row, :m], target_chunks[row, :m] = slot.chunks, slot.target_chunks
+            positions[row, :m] = slot.positions(config)
+            valid[row, :m] = torch.from_numpy(slot.env.action_masks()[:m])
+        return cls(chunks, target_chunks, positions, valid)
+
+
+def slot_q_halves(network: QNetwork, slots: list[Slot], chunks: torch.Tensor, turn) -> torch.Tensor:
+    """Per-half Q of every chunk of every running episode: ``(B, M, 2)``."""
     questions, selected = zip(*(slot.state_texts() for slot in slots))
     states = network.embed_states(list(questions), list(selected))
-    width = max(slot.env.num_chunks for slot in slots)
-    chunks = torch.zeros(len(slots), width, network.dim, device=network.device)
-    positions = torch.zeros(len(slots), width, device=network.device)
-    valid = torch.zeros(len(slots), width, dtype=torch.bool, device=network.device)
-    for row, slot in enumerate(slots):
-        m = slot.env.num_chunks
-        chunks[row, :m] = slot.target_chunks if target else slot.chunks
-        positions[row, :m] = slot.positions(config)
-        valid[row, :m] = torch.from_numpy(slot.env.action_masks()[:m])
-    return network.q_halves(states.unsqueeze(1), chunks, positions), valid, positions
+    return network.q_halves(states.unsqueeze(1), chunks, turn=turn)
 
 
 class Learner:
@@ -125,8 +140,7 @@ class Learner:
         self.transitions = 0
         self.updates = 0
         self.slots = [Slot(env) for env in envs]
-        for index, slot in enumerate(self.slots):
-            self._start_episode(slot, seed=config.seed + index)
+        self._start_episodes(self.slots, [config.seed + index for index in range(len(envs))])
 
     def _lr_factor(self, update: int) -> float:
         """Linear warm-up from 0, then linear decay to ``final_lr_ratio`` at ``total_updates``."""
@@ -142,11 +156,16 @@ class Learner:
         return self.config.alpha * self.scheduler.get_last_lr()[0] / self.config.lr
 
     @torch.no_grad()
-    def _start_episode(self, slot: Slot, seed: int | None = None) -> None:
-        slot.env.reset(seed=seed)
-        slot.selected, slot.episode_return = [], 0.0
-        slot.chunks = self.online.embed_chunks(list(slot.env.chunks))
-        slot.target_chunks = self.target.embed_chunks(list(slot.env.chunks))
+    def _start_episodes(self, slots: list[Slot], seeds: list[int | None] | None = None) -> None:
+        """Reset these episodes and embed all their chunks in one batched pass per network."""
+        for slot, seed in zip(slots, seeds or [None] * len(slots)):
+            slot.env.reset(seed=seed)
+            slot.selected, slot.episode_return = [], 0.0
+        texts = [text for slot in slots for text in slot.env.chunks]
+        sizes = [slot.env.num_chunks for slot in slots]
+        online, target = self.online.embed_chunks(texts).split(sizes), self.target.embed_chunks(texts).split(sizes)
+        for slot, chunks, target_chunks in zip(slots, online, target):
+            slot.chunks, slot.target_chunks = chunks, target_chunks
 
     @torch.no_grad()
     def rollout(self) -> Batch:
@@ -160,16 +179,20 @@ class Learner:
         returns, successes = [], []
         random_phase = self.transitions < config.random_transitions
         for t in range(steps + 1):
-            target_q, valid, _ = state_scores(self.target, self.slots, config, target=True)
+            step = StepTensors.build(self.slots, config)
+            valid, rho = step.valid, step.positions
+            turn = self.online.rotation(rho)
+            target_q = slot_q_halves(self.target, self.slots, step.target_chunks, turn)
             values[t] = soft_value(target_q, valid, self.alpha, config.top_k)
             if t == steps:
                 break
-            online_q, _, rho = state_scores(self.online, self.slots, config)
+            online_q = slot_q_halves(self.online, self.slots, step.chunks, turn)
             if random_phase:
                 scores = torch.rand(valid.shape, generator=self.generator).masked_fill(~valid, -1.0)
                 chosen = scores.argmax(-1)
             else:
                 chosen = boltzmann_top_k(online_q.sum(-1), valid, self.alpha, config.top_k, self.generator)
+            finished = []
             for row, slot in enumerate(self.slots):
                 action = int(chosen[row])
                 question, texts = slot.state_texts()
@@ -184,7 +207,9 @@ class Learner:
                 if terminated or truncated:
                     returns.append(slot.episode_return)
                     successes.append(float(set(info["supporting_ids"]) <= set(info["selected_order"])))
-                    self._start_episode(slot)
+                    finished.append(slot)
+            if finished:
+                self._start_episodes(finished)
         self.transitions += steps * width
         targets = lambda_returns(rewards, dones, values, config.gamma, config.lam)
         return Batch(questions, selected, actions, positions.reshape(-1), targets.reshape(-1), returns, successes)

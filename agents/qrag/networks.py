@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModel
 
 from agents.qrag.config import QRAGConfig
-from agents.qrag.rotary import rotary_frequencies, rotate
+from agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
 from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model
 
 
@@ -108,13 +108,21 @@ class QNetwork(nn.Module):
         return ids
 
     # ----- scoring -------------------------------------------------------------------------------
-    def q_halves(self, states: torch.Tensor, chunks: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The rotation for chunk ``positions``, or None when this model uses no positions."""
+        return rotation(positions, self.frequencies) if self.config.positions == "relative" else None
+
+    def q_halves(self, states: torch.Tensor, chunks: torch.Tensor, positions: torch.Tensor | None = None,
+                 turn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Per-half Q values ``(..., 2)`` of chunks ``(..., d)`` at ``positions`` for states ``(..., d)``.
 
-        ``states`` broadcasts against ``chunks`` (e.g. ``(B, 1, d)`` against ``(B, M, d)``).
+        ``states`` broadcasts against ``chunks`` (e.g. ``(B, 1, d)`` against ``(B, M, d)``). Pass
+        ``turn=self.rotation(positions)`` instead of ``positions`` to reuse a rotation.
         """
-        if positions is not None and self.config.positions == "relative":
-            chunks = rotate(chunks, positions, self.frequencies)
+        if turn is None and positions is not None:
+            turn = self.rotation(positions)
+        if turn is not None:
+            chunks = apply_rotation(chunks, *turn)
         products = states * chunks
         half = self.dim // 2
         return torch.stack((products[..., :half].sum(-1), products[..., half:].sum(-1)), dim=-1)

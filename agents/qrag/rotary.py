@@ -39,16 +39,30 @@ def rotary_frequencies(half_dim: int, base: float = 10_000.0) -> torch.Tensor:
     return base ** (-torch.arange(0, half_dim, 2, dtype=torch.float32) / half_dim)
 
 
-def rotate(vectors: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
-    """Apply ``R(p)`` to each half of ``vectors`` (``(..., d)``) with positions ``(...)``.
+def rotation(positions: torch.Tensor, frequencies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of the angles ``p * theta_j`` for positions ``(...)``: shape ``(..., d / 4)``.
+
+    Computed once per step and shared by the online and target networks, whose chunks sit at the
+    same positions.
+    """
+    angles = positions.unsqueeze(-1).float() * frequencies.to(positions.device)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotation(vectors: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply ``R(p)`` to each half of ``vectors`` (``(..., d)``) given :func:`rotation`'s output.
 
     Pairs ``(x_2j, x_2j+1)`` of each half turn by ``p * theta_j``; both halves use the same angles.
     ``<R(p) x, R(p) y> = <x, y>`` and ``<R(p) x, R(q) y>`` depends only on ``q - p``.
     """
     *lead, dim = vectors.shape
     pairs = vectors.reshape(*lead, 2, dim // 4, 2)
-    angles = positions.unsqueeze(-1).to(vectors.dtype) * frequencies.to(vectors.device)
-    cos, sin = torch.cos(angles).unsqueeze(-2), torch.sin(angles).unsqueeze(-2)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     x0, x1 = pairs[..., 0], pairs[..., 1]
     turned = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return turned.reshape(*lead, dim)
+
+
+def rotate(vectors: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """``R(p)`` applied to ``vectors`` at ``positions`` (see :func:`apply_rotation`)."""
+    return apply_rotation(vectors, *rotation(positions, frequencies))

@@ -44,7 +44,31 @@ def parse_overrides(pairs: list[str]) -> dict:
 def make_env(config: QRAGConfig, split: str, num_sentences: int, data_dir: str | None) -> BabilongEnv:
     """The authors' BabiLong setting: shaped reward with penalize_extra_steps and never_terminate."""
     return BabilongEnv(task=config.task, num_sentences=num_sentences, split=split, max_steps=config.max_steps,
-                       never_terminate=True, data_dir=data_dir, embedder=None if config.finetune_encoder else config.encoder)
+                       never_terminate=True, data_dir=data_dir, embedder=None if config.finetune_encoder else config.encoder,
+                       per_fact_reward=config.per_fact_reward if split == "train" else 0.0)
+
+
+def prefetch_features(env: BabilongEnv) -> None:
+    """Encode every sentence an env can draw (its books and stories) in one batched pass.
+
+    Misses are then encoded together instead of one forward pass per reset, and the frozen features
+    stay in memory for the whole run.
+    """
+    embedder = env.embedder
+    source = env._source
+    embedder.encode(list(source.noise.sentences) + sorted({f for s in source.samples for f in s.facts}))
+
+
+def validate(learner: Learner, env: BabilongEnv, writer: SummaryWriter, out: Path, best: float) -> tuple[dict[str, float], float]:
+    """Greedy validation episodes; the model with the best success@k so far is kept in ``out/best``."""
+    metrics = evaluate(learner.online, env, learner.config.eval_episodes, seed=10_000)
+    for key, value in metrics.items():
+        writer.add_scalar(f"eval/{key}", value, learner.transitions)
+    tqdm.write(f"update {learner.updates}: validation {json.dumps({k: round(v, 3) for k, v in metrics.items()})}")
+    if metrics["success_at_k"] > best:
+        best = metrics["success_at_k"]
+        save_model(learner.online, out / "best")
+    return metrics, best
 
 
 def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resume: bool = False,
@@ -56,6 +80,10 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     online = QNetwork(config, embedder).to(config.device)
     target = QNetwork(config, embedder).to(config.device)
     envs = [make_env(config, "train", config.train_num_sentences, data_dir) for _ in range(config.num_envs)]
+    validation = make_env(config, "validation", config.eval_num_sentences, data_dir)
+    if embedder is not None:
+        prefetch_features(envs[0])
+        prefetch_features(validation)
     learner = Learner(config, envs, online, target)
     best = -1.0
     state = load_trainer(out) if resume else None
@@ -66,7 +94,6 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
         learner.scheduler.load_state_dict(state["scheduler"])
         learner.updates, learner.transitions, best = int(state["updates"]), int(state["transitions"]), float(state["best"])
     (out / "config.json").write_text(config.to_json())
-    validation = make_env(config, "validation", config.eval_num_sentences, data_dir)
     writer = SummaryWriter(str(out / "tensorboard"))
     start, first_transitions, returns, successes, metrics = time.time(), learner.transitions, [], [], {}
     progress = tqdm(total=config.total_updates, initial=learner.updates, desc=f"q-rag {config.task}", disable=not show_progress)
@@ -86,19 +113,15 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
         progress.set_postfix(ret=f"{logs['rollout/ep_rew_mean']:.3f}", succ=f"{logs['rollout/success_rate']:.2f}")
         last = learner.updates >= config.total_updates
         if learner.updates % config.eval_every == 0 or last:
-            metrics = evaluate(online, validation, config.eval_episodes, seed=10_000)
-            for key, value in metrics.items():
-                writer.add_scalar(f"eval/{key}", value, learner.transitions)
-            tqdm.write(f"update {learner.updates}: validation {json.dumps({k: round(v, 3) for k, v in metrics.items()})}")
-            if metrics["success_at_k"] > best:
-                best = metrics["success_at_k"]
-                save_model(online, out / "best")
+            metrics, best = validate(learner, validation, writer, out, best)
         if learner.updates % config.checkpoint_every == 0 or last:
             save_model(online, out / "model")
             save_trainer(out, {"online": online.state_dict(), "target": target.state_dict(),
                                "optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
                                "updates": learner.updates, "transitions": learner.transitions, "best": best})
     progress.close()
+    if learner.updates % config.eval_every and learner.updates < config.total_updates:  # stopped by the clock
+        metrics, best = validate(learner, validation, writer, out, best)
     save_model(online, out / "model")
     writer.add_scalar("charts/train_minutes", (time.time() - start) / 60, learner.transitions)
     writer.close()

@@ -78,6 +78,22 @@ class NoiseCorpus:
         return np.concatenate(parts)[:count]
 
 
+    def sample_tokens(self, rng: np.random.Generator, need: int, tokens: np.ndarray, limit: int) -> np.ndarray:
+        """Indices of contiguous runs adding up to at least ``need`` tokens (at most ``limit`` sentences).
+
+        ``tokens[i]`` is the token count of sentence ``i``. The cut falls on the first sentence that
+        reaches the budget, so a haystack overshoots by less than one sentence.
+        """
+        if need <= 0:
+            return np.zeros(0, dtype=np.int64)
+        mean = float(tokens.mean())
+        index = self.sample_runs(rng, min(int(need / mean * 1.2) + 64, limit))
+        while index.size < limit and int(tokens[index].sum()) < need:  # a run of short sentences
+            more = self.sample_runs(rng, min(int(need / mean * 0.2) + 64, limit - index.size))
+            index = np.concatenate([index, more])
+        return index[: int(np.searchsorted(np.cumsum(tokens[index]), need)) + 1]
+
+
 def load_book_corpus(folder: Path, split: str = "all") -> NoiseCorpus:
     """Read every ``*.txt`` in ``folder`` as one book; ``split`` picks 'train', 'validation' or 'all' books."""
     return _load_book_corpus_cached(str(Path(folder).resolve()), split)

@@ -78,8 +78,12 @@ _SOURCE_CACHE: dict[tuple[Any, ...], BabilongSource] = {}
 
 
 def cached_source(task: str, split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> BabilongSource:
-    """:func:`load_source`, once per process per argument set (vector envs share one copy)."""
-    key = (task, split, source, str(data_dir), tokenizer_name)
+    """:func:`load_source`, once per process per argument set (vector envs share one copy).
+
+    The key holds the data folder as resolved now, so a changed ``$QRAG_DATA_DIR`` is honoured.
+    """
+    resolved = find_data_subdir("babi/en-10k", data_dir) if source != "generated" else None
+    key = (task, split, source, str(resolved), tokenizer_name)
     if key not in _SOURCE_CACHE:
         _SOURCE_CACHE[key] = load_source(task, split, source, data_dir, tokenizer_name)
     return _SOURCE_CACHE[key]
@@ -100,15 +104,8 @@ def assemble(
     if num_sentences is not None:
         noise_index = source.noise.sample_runs(rng, min(max(num_sentences - n_facts, 0), budget_chunks))
     else:
-        need = max(int(context_tokens) - int(fact_tokens.sum()), 0)
-        mean = float(source.noise_tokens.mean())
-        noise_index = source.noise.sample_runs(rng, min(int(need / mean * 1.2) + 64, budget_chunks))
-        while (noise_index.size < budget_chunks
-               and int(source.noise_tokens[noise_index].sum()) < need):  # a run of short sentences
-            more = source.noise.sample_runs(rng, min(int(need / mean * 0.2) + 64, budget_chunks - noise_index.size))
-            noise_index = np.concatenate([noise_index, more])
-        cumulative = np.cumsum(source.noise_tokens[noise_index])
-        noise_index = noise_index[: int(np.searchsorted(cumulative, need)) + 1] if need else noise_index[:0]
+        need = int(context_tokens) - int(fact_tokens.sum())
+        noise_index = source.noise.sample_tokens(rng, need, source.noise_tokens, budget_chunks)
     total = n_facts + noise_index.size
     fact_slots = np.sort(rng.choice(total, size=n_facts, replace=False))
     is_fact = np.zeros(total, dtype=bool)
@@ -148,7 +145,7 @@ class BabilongEnv(RetrievalEnv):
     - ``split``: "train" or "validation" (held-out stories *and* held-out books; the rule is in
       ``info["split_rule"]``).
     - ``max_steps`` (default 6, the authors' BabiLong setting), ``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty`` as in :class:`RetrievalEnv`.
+      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
       else the user data folder); ``source``: "auto", "real" or "generated".
     - ``max_chunks``: size of the action space; by default enough for the length asked.
@@ -174,6 +171,7 @@ class BabilongEnv(RetrievalEnv):
         max_chunks: int | None = None,
         embedder: str | TextEmbedder | None = None,
         render_mode: str | None = None,
+        per_fact_reward: float = 0.0,
     ) -> None:
         if context_tokens is not None and num_sentences is not None:
             raise ValueError("give context_tokens or num_sentences, not both")
@@ -198,7 +196,7 @@ class BabilongEnv(RetrievalEnv):
                 noise_chunks = int(context_tokens / min_mean * _CAPACITY_SLACK) + 64
             max_chunks = noise_chunks + self._source.max_facts
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                         invalid_action_penalty, embedder, render_mode)
+                         invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
     def _tokens_of(self, facts: tuple[str, ...]) -> np.ndarray:
         unknown = [f for f in facts if f not in self._fact_tokens]

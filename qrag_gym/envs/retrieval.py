@@ -54,6 +54,8 @@ class RetrievalEnv(gym.Env, ABC):
       (k = number of supporting chunks), else 1.
     - ``"binary"`` (the paper's text): 1 on the episode's last step if every supporting chunk is
       selected then, else 0.
+    - ``per_fact_reward`` (the authors' code has it, default 0) is added for each supporting chunk
+      when it is selected: a shaping option for tasks whose full reward is rarely found by chance.
 
     ## Episode end
     Terminated when every supporting chunk is selected, unless ``never_terminate`` (the authors'
@@ -78,6 +80,7 @@ class RetrievalEnv(gym.Env, ABC):
         invalid_action_penalty: float = -0.1,
         embedder: str | TextEmbedder | None = None,
         render_mode: str | None = None,
+        per_fact_reward: float = 0.0,
     ) -> None:
         if reward not in REWARD_VARIANTS:
             raise ValueError(f"unknown reward variant {reward!r}; choose one of {REWARD_VARIANTS}")
@@ -91,6 +94,7 @@ class RetrievalEnv(gym.Env, ABC):
         self.penalize_extra_steps = penalize_extra_steps
         self.never_terminate = never_terminate
         self.invalid_action_penalty = float(invalid_action_penalty)
+        self.per_fact_reward = float(per_fact_reward)
         self.render_mode = render_mode
         self._embedder_spec = embedder
         self.action_space = spaces.Discrete(self.max_chunks)
@@ -161,6 +165,8 @@ class RetrievalEnv(gym.Env, ABC):
         else:
             self._selected.append(index)
             self._mask[index] = 0
+            if index in episode.supporting_ids:
+                reward += self.per_fact_reward
         newly_complete = not self._completed and set(episode.supporting_ids) <= set(self._selected)
         self._completed = self._completed or newly_complete
         terminated = self._completed and not self.never_terminate

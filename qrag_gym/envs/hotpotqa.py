@@ -1,0 +1,113 @@
+"""HotpotQA (distractor setting) as a retrieval MDP: pick the two supporting paragraphs among ten."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from qrag_gym.data.hotpotqa import DEFAULT_FILE, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
+from qrag_gym.data.paths import require_data_subdir
+from qrag_gym.embedding import count_tokens, load_tokenizer
+from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
+from qrag_gym.episode import Episode
+
+
+def resolve_hotpotqa_file(path: str | Path | None, data_dir: str | Path | None) -> Path:
+    """An explicit ``path``, else :data:`DEFAULT_FILE` under the resolved data folder."""
+    if path is not None:
+        return Path(path).expanduser()
+    folder = require_data_subdir(str(Path(DEFAULT_FILE).parent), data_dir)
+    file = folder / Path(DEFAULT_FILE).name
+    if not file.is_file():
+        raise FileNotFoundError(f"found the folder {folder} but not {file.name} in it; pass path=... to a jsonl file")
+    return file
+
+
+@lru_cache(maxsize=8)
+def _cached_questions(path: str) -> tuple[HotpotQuestion, ...]:
+    """Parse each file once per process (vector envs and both splits share it)."""
+    return tuple(load_hotpotqa(path))
+
+
+class HotpotQAEnv(RetrievalEnv):
+    """``QRAG-HotpotQA-v0``: select the supporting paragraphs of a multi-hop question.
+
+    ## Description
+    One episode = one HotpotQA question in the distractor setting: its (usually ten) paragraphs, in
+    file order, are the chunks (title + " " + text); the two paragraphs marked supporting are the
+    supporting chunks. ``info["answers"]`` holds the gold answer(s) for a reader (score it with
+    :func:`qrag_gym.metrics.answer_exact_match` / :func:`~qrag_gym.metrics.answer_f1`); fact F1/EM
+    come from :func:`qrag_gym.metrics.retrieval_metrics`. Spaces, rewards and episode end are those of
+    :class:`RetrievalEnv`.
+
+    ## Arguments
+    - ``split``: "train", "validation" (a fixed fifth of the questions, by question id; the rule is
+      in ``info["split_rule"]``) or "all".
+    - ``path``: a jsonl file (processed or official HotpotQA records); by default
+      ``hotpotqa/dev_subsampled_400.jsonl`` under ``data_dir``, else ``$QRAG_DATA_DIR``, else the
+      user data folder.
+    - ``max_steps`` (default 2, the paper's T for HotpotQA), ``reward``, ``penalize_extra_steps``,
+      ``never_terminate``, ``invalid_action_penalty`` as in :class:`RetrievalEnv`.
+    - ``max_chunks``: size of the action space; by default the most paragraphs of any question in the
+      file, so every split has the same spaces.
+    - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
+
+    Episodes are drawn uniformly from the split; to walk a split in order, pass
+    ``options={"episode": env.unwrapped.episode_at(i)}`` to ``reset``.
+
+    ## Version history
+    - v0: first release.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        path: str | None = None,
+        data_dir: str | None = None,
+        max_steps: int = 2,
+        reward: str = "shaped",
+        penalize_extra_steps: bool = True,
+        never_terminate: bool = False,
+        invalid_action_penalty: float = -0.1,
+        max_chunks: int | None = None,
+        embedder: str | TextEmbedder | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        self.path = resolve_hotpotqa_file(path, data_dir)
+        every = _cached_questions(str(self.path.resolve()))
+        self.split = split
+        self.questions = split_questions(list(every), split)
+        if not self.questions:
+            raise ValueError(f"{self.path} has no {split} questions ({SPLIT_RULE})")
+        self._tokenizer = load_tokenizer(embedder.name if isinstance(embedder, TextEmbedder) else embedder)
+        if max_chunks is None:
+            max_chunks = max(len(q.paragraphs) for q in every)
+        super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
+                         invalid_action_penalty, embedder, render_mode)
+
+    def episode_at(self, index: int) -> Episode:
+        """The episode of the split's ``index``-th question (file order)."""
+        question = self.questions[index]
+        chunks = question.chunks
+        return Episode(
+            chunks=chunks,
+            question=question.question,
+            answer=question.answers[0],
+            supporting_ids=question.supporting,
+            source="hotpotqa",
+            task="hotpotqa",
+            num_tokens=int(count_tokens(self._tokenizer, chunks).sum()),
+            meta={"answers": list(question.answers), "qid": question.qid, "index": index},
+        )
+
+    def _sample_episode(self) -> Episode:
+        return self.episode_at(int(self.np_random.integers(len(self.questions))))
+
+    def _episode_info(self) -> dict[str, Any]:
+        episode = self._require_episode()
+        return {"answers": list(episode.meta.get("answers", [episode.answer])), "qid": episode.meta.get("qid"),
+                "split": self.split, "split_rule": SPLIT_RULE}
+
+
+__all__ = ["HotpotQAEnv", "resolve_hotpotqa_file"]

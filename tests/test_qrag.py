@@ -1,0 +1,113 @@
+"""The Q-RAG learner: rotation, lambda-returns, networks, save/load, and a short real training run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agents.qrag.checkpoint import load_model, save_model
+from agents.qrag.config import cpu_config
+from agents.qrag.inference import evaluate, keep_until_threshold
+from agents.qrag.learner import lambda_returns, soft_value
+from agents.qrag.networks import QNetwork
+from agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
+from agents.qrag.train import train
+from qrag_gym.embedding import shared_embedder
+from qrag_gym.envs.babilong import BabilongEnv
+
+
+def test_relative_positions_hand_example() -> None:
+    # 10 chunks, chunks 3 and 7 selected: segments [0,3) [3,7) [7,10), each spread over [0, 18].
+    expected = [0, 9, 18, 20, 26, 32, 38, 40, 49, 58]
+    assert relative_positions(10, [7, 3]).tolist() == expected
+    assert relative_positions(5, []).tolist() == [0, 4.5, 9, 13.5, 18]
+    assert relative_positions(10, [3, 7], integer=True).tolist() == expected
+
+
+def test_rotation_depends_only_on_relative_position() -> None:
+    torch.manual_seed(0)
+    frequencies = rotary_frequencies(8)
+    x, y = torch.randn(16), torch.randn(16)
+    def dot(p: float, q: float) -> float:
+        return float(rotate(x, torch.tensor(p), frequencies) @ rotate(y, torch.tensor(q), frequencies))
+    assert dot(3.0, 5.5) == pytest.approx(dot(10.0, 12.5), abs=1e-4)
+    assert dot(0.0, 0.0) == pytest.approx(float(x @ y), abs=1e-5)
+    assert float(rotate(x, torch.tensor(7.3), frequencies).norm()) == pytest.approx(float(x.norm()), rel=1e-5)
+    assert dot(0.0, 1.0) != pytest.approx(dot(0.0, 2.0), abs=1e-3)
+
+
+def test_lambda_returns_hand_computed() -> None:
+    gamma, lam = 0.9, 0.5
+    rewards = torch.tensor([[0.0], [1.0], [0.0]])
+    dones = torch.tensor([[0.0], [1.0], [0.0]])
+    values = torch.tensor([[0.2], [0.4], [0.6], [0.8]])
+    # G2 = 0 + 0.9 * 0.8 = 0.72 ; G1 = 1 (episode ends) ; G0 = 0 + 0.9 * (0.5 * 0.4 + 0.5 * 1) = 0.63
+    expected = torch.tensor([[0.63], [1.0], [0.72]])
+    assert torch.allclose(lambda_returns(rewards, dones, values, gamma, lam), expected)
+    with pytest.raises(ValueError, match="need 4 rows"):
+        lambda_returns(rewards, dones, values[:3], gamma, lam)
+
+
+def test_soft_value_is_logsumexp_over_top_k_available() -> None:
+    q = torch.tensor([[[1.0, 0.5], [0.0, 0.5], [3.0, 3.0]]])  # (B=1, M=3, halves=2)
+    valid = torch.tensor([[True, True, False]])
+    alpha = 0.1
+    expected = alpha * math.log(math.exp(10) + math.exp(0)) + alpha * math.log(2 * math.exp(5))
+    assert float(soft_value(q, valid, alpha, top_k=5)) == pytest.approx(expected, rel=1e-5)
+    assert float(soft_value(q, valid, 1e-9, top_k=1)) == pytest.approx(1.0 + 0.5)
+
+
+def test_threshold_stop_keeps_prefix() -> None:
+    assert keep_until_threshold([4, 9, 2, 7], [0.9, 0.8, 0.1, 0.7], 0.5) == [4, 9]
+    assert keep_until_threshold([4], [0.2], 0.5) == []
+
+
+@pytest.fixture(scope="module")
+def network(data_dir) -> QNetwork:
+    torch.manual_seed(0)
+    net = QNetwork(cpu_config(), shared_embedder("default"))
+    for parameter in net.parameters():  # move off the identity start so the round trip is meaningful
+        parameter.data.add_(0.01 * torch.randn_like(parameter))
+    return net
+
+
+def test_network_shapes(network: QNetwork) -> None:
+    chunks = network.embed_chunks(["Mary went to the kitchen.", "John took the milk.", "It rained."])
+    states = network.embed_states(["Where is Mary?", "Where is the milk?"], [[], ["John took the milk."]])
+    assert chunks.shape == (3, network.dim) and states.shape == (2, network.dim)
+    q = network.q_halves(states.unsqueeze(1), chunks.expand(2, 3, -1), torch.zeros(2, 3))
+    assert q.shape == (2, 3, 2)
+
+
+def test_save_load_round_trip_gives_identical_q(network: QNetwork, tmp_path) -> None:
+    save_model(network, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    texts = ["Mary went to the kitchen.", "Daniel went back to the garden."]
+    positions = torch.tensor([[0.0, 18.0]])
+    with torch.no_grad():
+        a = network.q_halves(network.embed_states(["Where is Mary?"], [[]]).unsqueeze(1), network.embed_chunks(texts), positions)
+        b = loaded.q_halves(loaded.embed_states(["Where is Mary?"], [[]]).unsqueeze(1), loaded.embed_chunks(texts), positions)
+    assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="not a Q-RAG model folder"):
+        load_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_short_training_on_qa1_beats_random(small_data_dir, tmp_path) -> None:
+    config = cpu_config(task="qa1", train_num_sentences=50, eval_num_sentences=50, num_envs=32,
+                        total_updates=120, warmup_updates=10, eval_every=1000, eval_episodes=100, random_transitions=128)
+    metrics = train(config, tmp_path / "run", data_dir=str(small_data_dir), show_progress=False)
+    random_success = []
+    env = BabilongEnv(task="qa1", num_sentences=50, split="validation", never_terminate=True, data_dir=str(small_data_dir))
+    rng = np.random.default_rng(0)
+    for seed in range(100):
+        _, info = env.reset(seed=10_000 + seed)
+        random_success.append(float(rng.choice(env.num_chunks) in info["supporting_ids"]))
+    assert metrics["success_at_k"] >= 0.6 > np.mean(random_success) + 0.4
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "trainer_state.pt").is_file()
+    resumed = evaluate(load_model(tmp_path / "run" / "model"), env, 20, seed=10_000)
+    assert resumed["success_at_k"] >= 0.5
