@@ -1,0 +1,104 @@
+"""The one interface every agent follows, and the registry that turns a name into an agent.
+
+An agent is any object with ``reset(obs, info, env)`` (called once per episode, after ``env.reset``)
+and ``act(obs, info, env) -> int`` (a chunk index of the underlying ``Discrete(max_chunks)`` space).
+Everything else is optional and looked up with ``getattr``, so a user's class needs no base class:
+
+- ``learn(env, total_timesteps)``: train on a *training-split* env before evaluation;
+- ``save(path)`` / ``load(path)``;
+- ``kept(info) -> Sequence[int]``: the chunks handed to a reader (e.g. after a Q-threshold stop);
+  precision/recall/F1 and the reader's answer use it. By default, every selection.
+
+Names: the built-ins in :data:`BUILTIN_AGENTS`, or ``"package.module:ClassName"`` for any class
+importable from the current environment, so a user's agent runs in every benchmark unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import gymnasium as gym
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """What the benchmark harness calls; see the module docstring for the optional methods."""
+
+    def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
+        """Start a new episode (build per-episode indexes here, never in ``act``)."""
+
+    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+        """The next chunk to select: an index with ``info["action_mask"][index]`` true."""
+
+
+class BaseAgent:
+    """Convenience base: a no-op ``reset`` and ``kept`` = every selection. Subclassing is optional."""
+
+    def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
+        """Nothing to prepare by default."""
+
+    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must implement act(obs, info, env)")
+
+    def kept(self, info: dict[str, Any]) -> Sequence[int]:
+        """The chunks a reader gets: all selected ones unless an agent stops itself earlier."""
+        return list(info["selected_order"])
+
+
+BUILTIN_AGENTS: dict[str, str] = {
+    "random": "agents.baselines.simple:RandomAgent",
+    "oracle": "agents.baselines.simple:OracleAgent",
+    "bm25": "agents.baselines.bm25:BM25Agent",
+    "bm25-multistep": "agents.baselines.bm25:MultiStepBM25Agent",
+    "dense": "agents.baselines.dense:DenseAgent",
+    "dense-multistep": "agents.baselines.dense:MultiStepDenseAgent",
+    "maskable-ppo": "agents.baselines.sb3:MaskablePPOAgent",
+    "dqn": "agents.baselines.sb3:DQNAgent",
+}
+"""Built-in names -> ``module:Class`` (imported lazily: naming ``random`` never imports SB3)."""
+
+
+def resolve_agent_class(name: str) -> type:
+    """The class behind a built-in name or a ``module.path:ClassName`` string."""
+    target = BUILTIN_AGENTS.get(name, name)
+    if ":" not in target:
+        raise ValueError(
+            f"unknown agent {name!r}: built-in agents are {', '.join(BUILTIN_AGENTS)}; "
+            "a custom agent is named 'package.module:ClassName'"
+        )
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"agent {name!r}: cannot import module {module_name!r} ({err})") from err
+    cls = getattr(module, class_name, None)
+    if not inspect.isclass(cls):
+        raise ValueError(f"agent {name!r}: module {module_name!r} has no class {class_name!r}")
+    missing = [method for method in ("reset", "act") if not callable(getattr(cls, method, None))]
+    if missing:
+        raise ValueError(f"agent {name!r}: class {class_name} lacks {' and '.join(missing)}(obs, info, env)")
+    return cls
+
+
+def make_agent(name: str, **kwargs: Any) -> Agent:
+    """Build an agent by name. Keyword arguments the constructor does not accept are dropped.
+
+    This is what lets the harness pass ``seed=`` (and training options) to every agent while a
+    user's agent with a bare ``__init__(self)`` still works.
+    """
+    cls = resolve_agent_class(name)
+    parameters = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted = {key: value for key, value in kwargs.items() if takes_any or key in parameters}
+    return cls(**accepted)
+
+
+def kept_chunks(agent: Agent, info: dict[str, Any]) -> list[int]:
+    """``agent.kept(info)`` when the agent defines it, else every selection."""
+    kept = getattr(agent, "kept", None)
+    return list(kept(info)) if callable(kept) else list(info["selected_order"])
+
+
+__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "kept_chunks", "make_agent", "resolve_agent_class"]

@@ -1,0 +1,203 @@
+"""Writes a run's outputs: per-episode JSON and CSV, a markdown summary and a success@k-vs-length plot.
+
+Every file is replaced atomically (written to a temporary file in the same folder, then
+``os.replace``), and the harness rewrites them after each finished cell: an interrupted run leaves
+complete, readable files holding every finished cell, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
+    "episodes.json", "episodes.csv", "summary.md", "success_vs_length.png", "run.json")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+SUMMARY_METRICS = (("success_at_k", "success@k"), ("success_at_t", "success@T"), ("answer_correct", "answer accuracy"),
+                   ("f1", "F1"), ("seconds", "seconds per episode"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step (readers never see a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Indented JSON; a list is written one item per line (compact, and diffs stay readable)."""
+    if isinstance(value, list):
+        text = "[\n" + ",\n".join(json.dumps(item) for item in value) + "\n]\n"
+    else:
+        text = json.dumps(value, indent=1) + "\n"
+    write_atomic(path, text.encode())
+
+
+def episodes_csv(records: Sequence[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def cell_means(records: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, str, str], tuple[float, int]]:
+    """(agent, task, length) -> (mean of ``metric`` over its episodes, episode count); ``None`` values skipped."""
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for record in records:
+        if record.get(metric) is not None:
+            values[(record["agent"], record["task"], record["length"])].append(float(record[metric]))
+    return {key: (float(np.mean(v)), len(v)) for key, v in values.items()}
+
+
+def _orders(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
+    """Agents in first-seen order, tasks sorted, lengths by token count."""
+    agents = list(dict.fromkeys(r["agent"] for r in records))
+    tasks = sorted({r["task"] for r in records})
+    tokens = {r["length"]: r["context_tokens"] for r in records}
+    return agents, tasks, sorted(tokens, key=tokens.get)
+
+
+def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """One table per metric: a row per agent and length, a column per task, cell means over all seeds."""
+    agents, tasks, lengths = _orders(records)
+    counts = cell_means(records, "success_at_k")
+    lines = ["# Benchmark summary", "",
+             f"{len(records)} episodes on {', '.join(sorted({r['source'] for r in records}))}; "
+             "each cell is the mean over its episodes (n in the last table).", ""]
+    for metric, title in SUMMARY_METRICS:
+        means = cell_means(records, metric)
+        if not means:
+            continue
+        digits = 3 if metric == "seconds" else 2
+        lines += [f"## {title}", ""]
+        if metric == "seconds":
+            lines += ["Time in the agent and env steps. It includes encoding whatever the embedder's caches (in "
+                      "memory per process, and on disk) did not hold yet, so it shows cache warmth as much as "
+                      "the agent's own cost; BM25 rebuilds its index every episode.", ""]
+        lines += ["| agent | length | " + " | ".join(tasks) + " |",
+                  "|---|---|" + "---|" * len(tasks)]
+        for agent in agents:
+            for length in lengths:
+                cells = [f"{means[(agent, t, length)][0]:.{digits}f}" if (agent, t, length) in means else "–"
+                         for t in tasks]
+                if any(c != "–" for c in cells):
+                    lines.append(f"| {agent} | {length} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## episodes per cell", "", "| agent | length | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for agent in agents:
+        for length in lengths:
+            cells = [str(counts[(agent, t, length)][1]) if (agent, t, length) in counts else "–" for t in tasks]
+            if any(c != "–" for c in cells):
+                lines.append(f"| {agent} | {length} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
+    """success@k against context length (log scale), one panel per task, one line per agent."""
+    agents, tasks, lengths = _orders(records)
+    tokens = {r["length"]: r["context_tokens"] for r in records}
+    means = cell_means(records, "success_at_k")
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.8), sharey=True, squeeze=False)
+    styles = [(marker, line) for line in ("-", "--", ":") for marker in ("o", "s", "^", "D", "v", "x")]
+    for axis, task in zip(axes[0], tasks):
+        for index, agent in enumerate(agents):
+            points = [(tokens[n], means[(agent, task, n)][0]) for n in lengths if (agent, task, n) in means]
+            if points:  # distinct markers and dashes: agents that tie (dense vs multi-step at k=1) stay visible
+                marker, line = styles[index % len(styles)]
+                axis.plot(*zip(*points), marker=marker, linestyle=line, markersize=5, alpha=0.85, label=agent)
+        axis.set_xscale("log")
+        axis.set_xticks([tokens[n] for n in lengths], lengths)
+        axis.minorticks_off()
+        axis.set_title(task)
+        axis.set_xlabel("context length (tokens)")
+        axis.set_ylim(-0.03, 1.03)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("success@k")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_outputs(out: Path, records: Sequence[dict[str, Any]], run_info: dict[str, Any]) -> None:
+    """(Re)write every output file of a run from all records so far."""
+    write_json(out / EPISODES_JSON, list(records))
+    write_atomic(out / EPISODES_CSV, episodes_csv(records).encode())
+    write_atomic(out / SUMMARY_MD, summary_markdown(records).encode())
+    write_atomic(out / PLOT_PNG, plot_png(records))
+    write_json(out / RUN_JSON, run_info)
+
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    """Records of an earlier run in ``out`` (for ``--resume``); empty when there is none."""
+    path = out / EPISODES_JSON
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def merge_runs(out: Path, runs: Sequence[Path]) -> int:
+    """Combine the records of runs made in parallel (e.g. cheap baselines and SB3 agents) into ``out``.
+
+    An episode present in several runs (same agent, task, length, seed, episode) is taken from the
+    last run named. Returns the number of episodes written.
+    """
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    infos = {}
+    for run in runs:
+        records = load_records(run)
+        if not records:
+            raise FileNotFoundError(f"no {EPISODES_JSON} in {run}")
+        for record in records:
+            merged[(record["agent"], record["task"], record["length"], record["seed"], record["episode"])] = record
+        info_path = run / RUN_JSON
+        info = json.loads(info_path.read_text()) if info_path.exists() else None
+        if info and "merged_from" in info:  # re-merging a merged folder: keep the original runs' infos flat
+            infos.update(info["merged_from"])
+        else:
+            infos[str(run)] = info
+    write_outputs(out, list(merged.values()), {"merged_from": infos})
+    return len(merged)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                     description="Merge benchmark runs into one set of outputs (JSON, CSV, table, plot).")
+    parser.add_argument("out", type=Path, help="folder to write the merged outputs to")
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders holding episodes.json")
+    args = parser.parse_args(argv)
+    try:
+        count = merge_runs(args.out, args.runs)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    print(f"{count} episodes from {len(args.runs)} runs written to {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Fixed-size views of the retrieval MDP for off-the-shelf RL libraries (Stable-Baselines3, sb3-contrib).
+
+The raw env has a ``Text`` question and a ``Discrete(max_chunks)`` action space whose size grows
+with the document: neither fits an SB3 policy. :class:`ShortlistView` shows instead the top-K chunks
+of a frozen embedder for the query "question + selected chunks" (the multi-step dense retriever's
+ranking) as vectors, and acts with ``Discrete(K)``: slot ``i`` selects the ``i``-th candidate. Slot 0
+is therefore exactly the untrained multi-step dense retriever; a policy can only improve on it by
+reading the features. The features depend on K and the embedder size, never on the document length,
+so a policy trained at 1K tokens runs unchanged at 1M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from qrag_gym.envs.retrieval import RetrievalEnv
+
+
+def state_text(env: RetrievalEnv) -> str:
+    """The multi-step retrieval query: the question, then the selected chunks in document order."""
+    chunks = env.chunks
+    return " ".join([env.question, *(chunks[i] for i in sorted(env.selected))])
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """One fixed-size view of the env's current state."""
+
+    observation: np.ndarray
+    """float32 features, see :class:`ShortlistFeatures` for the layout."""
+    candidates: np.ndarray
+    """chunk id behind each of the K slots, best first; -1 for an empty slot."""
+    mask: np.ndarray
+    """bool per slot: true where a candidate exists."""
+
+
+class ShortlistFeatures:
+    """Turns a :class:`RetrievalEnv` state into a :class:`Shortlist` of ``k`` candidates.
+
+    Observation layout (all values in [-1, 1]), with ``d`` the embedder size:
+    ``[state vector (d) | k candidate vectors (k*d) | k scores | k positions | k valid flags | step fraction]``.
+    The state vector embeds :func:`state_text`; a candidate's score is its cosine with the state, its
+    position its document position in [0, 1]. Chunk vectors come from ``env.chunk_vectors()`` (encoded
+    once per episode); only the state text is encoded per step.
+    """
+
+    def __init__(self, k: int, dim: int) -> None:
+        if k < 1:
+            raise ValueError(f"shortlist size k must be at least 1, got {k}")
+        self.k, self.dim = int(k), int(dim)
+        self.size = self.dim * (self.k + 1) + 3 * self.k + 1
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(self.size,), dtype=np.float32)
+
+    def __call__(self, env: RetrievalEnv) -> Shortlist:
+        state = env.embedder.encode([state_text(env)], persist=False)[0]
+        scores = env.score(state)
+        available = int(np.isfinite(scores).sum())
+        n = min(self.k, available)
+        top = np.argsort(-scores, kind="stable")[:n]  # exact ties (repeated facts): earliest first, like argmax
+        vectors = np.zeros((self.k, self.dim), dtype=np.float32)
+        vectors[:n] = env.chunk_vectors()[top]
+        slot_scores = np.zeros(self.k, dtype=np.float32)
+        slot_scores[:n] = scores[top]
+        positions = np.zeros(self.k, dtype=np.float32)
+        positions[:n] = top / max(env.num_chunks - 1, 1)
+        mask = np.zeros(self.k, dtype=bool)
+        mask[:n] = True
+        step_fraction = len(env.selected) / env.max_steps
+        observation = np.concatenate(
+            [state, vectors.ravel(), slot_scores, positions, mask.astype(np.float32), [step_fraction]]
+        ).astype(np.float32)
+        candidates = np.full(self.k, -1, dtype=np.int64)
+        candidates[:n] = top
+        return Shortlist(np.clip(observation, -1.0, 1.0), candidates, mask)
+
+
+class ShortlistView(gym.Wrapper):
+    """``Box`` features of the top-``k`` candidates and ``Discrete(k)`` actions, with ``action_masks()``.
+
+    An empty slot (fewer than ``k`` chunks left) is never passed to the env as an invalid action:
+    it is remapped to slot 0, the best candidate, and ``info["remapped_action"]`` is set. That keeps
+    unmasked learners such as SB3's DQN safe; maskable ones never pick it. ``info["candidates"]``
+    lists the chunk id behind each slot of the *new* observation.
+    """
+
+    def __init__(self, env: gym.Env, k: int = 8) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        if not isinstance(base, RetrievalEnv):
+            raise TypeError(f"ShortlistView needs a RetrievalEnv, got {type(base).__name__}")
+        self.features = ShortlistFeatures(k, base.embedder.dim)
+        self.observation_space = self.features.observation_space
+        self.action_space = spaces.Discrete(self.features.k)
+        self._shortlist: Shortlist | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        _, info = self.env.reset(seed=seed, options=options)
+        return self._view(info, remapped=False)
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._shortlist is None:
+            raise RuntimeError("call reset() before step()")
+        slot = int(action)
+        if not 0 <= slot < self.features.k:
+            raise ValueError(f"action {action!r} is outside Discrete({self.features.k})")
+        remapped = not self._shortlist.mask[slot]
+        chunk = int(self._shortlist.candidates[0 if remapped else slot])
+        _, reward, terminated, truncated, info = self.env.step(chunk)
+        observation, info = self._view(info, remapped)
+        return observation, reward, terminated, truncated, info
+
+    def _view(self, info: dict[str, Any], remapped: bool) -> tuple[np.ndarray, dict[str, Any]]:
+        self._shortlist = self.features(self.env.unwrapped)
+        info = {**info, "remapped_action": remapped, "candidates": self._shortlist.candidates.copy()}
+        return self._shortlist.observation, info
+
+    def action_masks(self) -> np.ndarray:
+        """Valid slots of the current shortlist (the method sb3-contrib's MaskablePPO calls)."""
+        if self._shortlist is None:
+            raise RuntimeError("call reset() before action_masks()")
+        return self._shortlist.mask.copy()
+
+
+__all__ = ["Shortlist", "ShortlistFeatures", "ShortlistView", "state_text"]

@@ -1,0 +1,78 @@
+"""Every baseline on real episodes: valid actions, the oracle's upper bound, retrievers far above chance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents import BUILTIN_AGENTS, BaseAgent, make_agent, resolve_agent_class
+from benchmarks.harness import Cell, run_cell
+
+CHEAP = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class FirstAvailableAgent(BaseAgent):
+    """A user's agent, named by ``module:Class`` in the tests: always the first available chunk."""
+
+    def act(self, obs: dict[str, Any], info: dict[str, Any], env) -> int:
+        return int(np.flatnonzero(obs["action_mask"])[0])
+
+
+def success(agent_name: str, env, task: str, episodes: int) -> dict[str, float]:
+    cell = Cell(agent_name, task, "1K", 1_000, seed=0, episodes=episodes)
+    records = run_cell(cell, make_agent(agent_name, seed=0), env)
+    return {metric: float(np.mean([r[metric] for r in records])) for metric in ("success_at_k", "success_at_t", "recall")}
+
+
+def test_registry_resolves_every_builtin_name() -> None:
+    for name in BUILTIN_AGENTS:
+        assert callable(resolve_agent_class(name).act)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bm26", "unknown agent 'bm26'"),
+    ("no_such_module_xyz:Agent", "cannot import module"),
+    ("agents.base:NoSuchAgent", "has no class 'NoSuchAgent'"),
+])
+def test_registry_errors_name_the_problem(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_agent(name)
+
+
+def test_custom_agent_runs_by_module_name(make_env) -> None:
+    agent = make_agent(f"{__name__}:FirstAvailableAgent", seed=3)  # seed is dropped: __init__ takes none
+    assert isinstance(agent, FirstAvailableAgent)
+    records = run_cell(Cell(f"{__name__}:FirstAvailableAgent", "qa1", "1K", 1_000, 0, 3), agent, make_env())
+    assert [r["steps"] >= 1 for r in records] == [True] * 3
+
+
+@pytest.mark.parametrize("task", ["qa1", "qa2", "qa3"])
+def test_oracle_is_the_upper_bound(make_env, task: str) -> None:
+    assert success("oracle", make_env(task), task, 10)["success_at_k"] == 1.0
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_baselines_only_take_valid_actions(make_env, name: str) -> None:
+    env, agent = make_env("qa2"), make_agent(name, seed=0)
+    for seed in range(3):
+        obs, info = env.reset(seed=seed)
+        agent.reset(obs, info, env)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(agent.act(obs, info, env))
+            assert not info["invalid_action"]
+            done = terminated or truncated
+
+
+@pytest.mark.slow
+def test_retrievers_beat_random_on_qa1(make_env) -> None:
+    env = make_env("qa1")
+    chance = success("random", env, "qa1", 30)["success_at_k"]
+    for name in ("bm25", "bm25-multistep", "dense", "dense-multistep"):
+        scores = success(name, env, "qa1", 30)
+        assert scores["success_at_k"] >= chance + 0.25, (name, scores, chance)
+        assert scores["success_at_t"] >= 0.8, (name, scores)

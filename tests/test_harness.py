@@ -1,0 +1,93 @@
+"""The benchmark harness: argument handling, a tiny real run producing every output file, resuming."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents import BaseAgent
+from benchmarks import report
+from benchmarks.harness import parse_length
+from benchmarks.run import QUICK, main, parse_args
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class LastAvailableAgent(BaseAgent):
+    """A user's agent named ``module:Class`` on the command line."""
+
+    def act(self, obs: dict[str, Any], info: dict[str, Any], env) -> int:
+        return int(np.flatnonzero(obs["action_mask"])[-1])
+
+
+@pytest.mark.parametrize("text, expected", [("4K", ("4K", 4_000)), ("1m", ("1M", 1_000_000)),
+                                            ("2500", ("2500", 2_500)), ("1.5K", ("1.5K", 1_500))])
+def test_parse_length(text: str, expected: tuple[str, int]) -> None:
+    assert parse_length(text) == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lengths", "lots"], "bad length 'lots'"),
+    (["--agents", "nope"], "unknown agent 'nope'"),
+    (["--episodes-at", "128K"], "expected LENGTH=N"),
+    (["--episodes", "0"], "--episodes must be at least 1"),
+])
+def test_bad_arguments_are_named(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_quick_preset_yields_to_explicit_options() -> None:
+    args = parse_args(["--quick", "--tasks", "qa3"])
+    assert args.agents == QUICK["agents"] and args.episodes == QUICK["episodes"] and args.tasks == ["qa3"]
+
+
+def test_write_atomic_leaves_no_temporary_files(tmp_path: Path) -> None:
+    report.write_atomic(tmp_path / "a.txt", b"one")
+    report.write_atomic(tmp_path / "a.txt", b"two")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_bytes() == b"two"
+
+
+def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path) -> None:
+    agents = ["random", "oracle", f"{__name__}:LastAvailableAgent"]
+    argv = ["--agents", *agents, "--tasks", "qa1", "qa2", "--lengths", "1K", "--episodes", "3",
+            "--data-dir", str(data_dir), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    names = {report.EPISODES_JSON, report.EPISODES_CSV, report.SUMMARY_MD, report.PLOT_PNG, report.RUN_JSON}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    records = json.loads((tmp_path / report.EPISODES_JSON).read_text())
+    assert len(records) == 3 * 2 * 3 and {r["agent"] for r in records} == set(agents)
+    with open(tmp_path / report.EPISODES_CSV) as stream:
+        assert len(list(csv.DictReader(stream))) == len(records)
+    summary = (tmp_path / report.SUMMARY_MD).read_text()
+    assert "| oracle | 1K | 1.00 | 1.00 |" in summary
+    assert (tmp_path / report.PLOT_PNG).read_bytes().startswith(b"\x89PNG")
+    oracle = [r for r in records if r["agent"] == "oracle"]
+    assert all(r["success_at_k"] == 1.0 and r["f1"] == 1.0 and r["answer_correct"] == 1.0 for r in oracle)
+
+    # an interrupted cell (fewer episodes than asked) is run again; finished cells are kept as they are
+    cut = [r for r in records if not (r["agent"] == "random" and r["task"] == "qa2" and r["episode"] == 2)]
+    report.write_json(tmp_path / report.EPISODES_JSON, cut)
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads((tmp_path / report.EPISODES_JSON).read_text())
+    assert len(again) == len(records)
+    assert json.loads((tmp_path / report.RUN_JSON).read_text())["cells_skipped_as_finished"] == 5
+    key = lambda r: (r["agent"], r["task"], r["episode"], r["success_at_k"], r["steps"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, records))  # same episodes, same seeds, same results
+
+
+def test_merge_runs_combines_folders(tmp_path: Path) -> None:
+    base = {"task": "qa1", "length": "1K", "context_tokens": 1_000, "seed": 0, "episode": 0, "success_at_k": 1.0,
+            "success_at_t": 1.0, "f1": 1.0, "seconds": 0.1, "answer_correct": 1.0, "source": "test"}
+    for name in ("a", "b"):
+        report.write_json(tmp_path / name / report.EPISODES_JSON, [{**base, "agent": name}])
+    assert report.main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "| b | 1K | 1.00 |" in (tmp_path / "out" / report.SUMMARY_MD).read_text()
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "out2"), str(tmp_path / "missing")])

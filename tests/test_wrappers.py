@@ -1,0 +1,87 @@
+"""ShortlistView: SB3's checker, masks and remapping, its tie to the dense retriever, and SB3 training on it."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from stable_baselines3.common.env_checker import check_env
+
+from agents import make_agent
+from qrag_gym.wrappers import ShortlistView
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_passes_sb3_check_env_without_warnings(make_env) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(ShortlistView(make_env("qa2"), k=4), warn=True, skip_render_check=True)
+
+
+def test_size_does_not_depend_on_length(make_env) -> None:
+    short, longer = ShortlistView(make_env(tokens=1_000), k=4), ShortlistView(make_env(tokens=4_000), k=4)
+    assert short.observation_space == longer.observation_space
+    obs, _ = longer.reset(seed=0)
+    assert longer.observation_space.contains(obs)
+
+
+def test_empty_slots_are_masked_and_remapped(make_env) -> None:
+    view = ShortlistView(make_env(tokens=50), k=64)  # a document shorter than the shortlist
+    obs, info = view.reset(seed=1)
+    mask = view.action_masks()
+    n = int(mask.sum())
+    assert 0 < n < 64 and mask[:n].all() and not mask[n:].any()
+    assert (info["candidates"][n:] == -1).all()
+    best = int(info["candidates"][0])
+    _, _, _, _, info = view.step(63)
+    assert info["remapped_action"] and not info["invalid_action"]
+    assert info["selected_order"] == [best]
+    with pytest.raises(ValueError, match="outside Discrete"):
+        view.step(64)
+
+
+def test_slot_zero_is_the_multistep_dense_retriever(make_env) -> None:
+    view, env, agent = ShortlistView(make_env("qa2"), k=4), make_env("qa2"), make_agent("dense-multistep")
+    for seed in range(3):
+        view.reset(seed=seed)
+        obs, info = env.reset(seed=seed)
+        agent.reset(obs, info, env)
+        done = False
+        while not done:
+            _, _, terminated, truncated, view_info = view.step(0)
+            obs, _, _, _, info = env.step(agent.act(obs, info, env))
+            assert view_info["selected_order"] == info["selected_order"]
+            done = terminated or truncated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["maskable-ppo", "dqn"])
+def test_sb3_agents_train_then_act(make_env, name: str) -> None:
+    agent = make_agent(name, seed=0, k=4)
+    agent.learn(make_env("qa1", tokens=300), total_timesteps=256)  # short documents: few sentences to encode
+    env = make_env("qa1", tokens=300)
+    for seed in range(3):
+        obs, info = env.reset(seed=seed)
+        agent.reset(obs, info, env)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(agent.act(obs, info, env))
+            assert not info["invalid_action"]
+            done = terminated or truncated
+
+
+def test_sb3_agent_without_policy_says_so(make_env) -> None:
+    env = make_env()
+    obs, info = env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="call learn"):
+        make_agent("dqn").act(obs, info, env)
+
+
+def test_features_match_the_embedder(make_env) -> None:
+    view = ShortlistView(make_env(), k=3)
+    obs, info = view.reset(seed=0)
+    dim = view.env.unwrapped.embedder.dim
+    first = obs[dim: 2 * dim]
+    np.testing.assert_allclose(first, view.env.unwrapped.chunk_vectors()[info["candidates"][0]], atol=1e-6)
