@@ -56,6 +56,7 @@ BUILTIN_AGENTS: dict[str, str] = {
     "dense-multistep": "agents.baselines.dense:MultiStepDenseAgent",
     "maskable-ppo": "agents.baselines.sb3:MaskablePPOAgent",
     "dqn": "agents.baselines.sb3:DQNAgent",
+    "qrag": "agents.qrag.agent:QRAGAgent",
 }
 """Built-in names -> ``module:Class`` (imported lazily: naming ``random`` never imports SB3)."""
 

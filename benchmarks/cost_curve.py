@@ -42,6 +42,7 @@ from agents.qrag.config import cpu_config
 from agents.qrag.inference import embed_document, greedy_episode, shortlist_step, step_q_values
 from agents.qrag.networks import QNetwork
 from benchmarks.results_io import RESULTS_DIR, markdown_table, write_atomic, write_json
+from qrag_gym.atomic import atomic_write
 from qrag_gym.embedding import TextEmbedder
 from qrag_gym.shortlist import ChunkIndex
 
@@ -151,9 +152,7 @@ def plot(rows: list[dict], threads: int, path: Path) -> None:
     memory.plot(tokens, [row["peak_rss_gib"] for row in rows], marker="o")
     memory.set(xscale="log", xlabel="context tokens", ylabel="GiB", title="peak RSS per process", ylim=(0, None))
     figure.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as temp:
-        figure.savefig(temp.name, dpi=110)
-    os.replace(temp.name, path)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
 
 
 def main() -> None:

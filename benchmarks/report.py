@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -22,26 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from qrag_gym.atomic import atomic_write_bytes  # noqa: E402
+
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json", "episodes.csv", "summary.md", "success_vs_length.png", "run.json")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 SUMMARY_METRICS = (("success_at_k", "success@k"), ("success_at_t", "success@T"), ("answer_correct", "answer accuracy"),
                    ("f1", "F1"), ("seconds", "seconds per episode"))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step (readers never see a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+write_atomic = atomic_write_bytes
 
 
 def write_json(path: Path, value: Any) -> None:

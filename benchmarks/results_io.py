@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from qrag_gym.atomic import atomic_write_bytes
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+write_atomic = atomic_write_bytes
 
 
 def write_json(path: Path, value: Any) -> Path:

@@ -12,13 +12,14 @@ import atexit
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from qrag_gym.atomic import atomic_write
 
 CACHE_ENV_VAR = "QRAG_CACHE_DIR"
 DEFAULT_MAX_BYTES = 4 * 2**30
@@ -48,15 +49,13 @@ def _as_digest_rows(keys: np.ndarray) -> np.ndarray:
 
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write an ``.npz`` under a temporary name in the same folder, then rename it into place."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
+    """Write an ``.npz`` atomically (see :mod:`qrag_gym.atomic`)."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as out:  # a file object: np.savez would append ".npz" to a name
             np.savez(out, **arrays)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 class EmbeddingDiskCache:

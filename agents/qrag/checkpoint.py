@@ -7,8 +7,6 @@ adds what resuming needs (target network, optimiser, schedule, counters), loaded
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +14,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from agents.qrag.config import QRAGConfig
+from qrag_gym.atomic import atomic_write
 from agents.qrag.networks import QNetwork
 from qrag_gym.embedding import TextEmbedder, shared_embedder
 
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer_state.pt"
 
 
-def _atomic(path: Path, write) -> None:
-    """Call ``write(temp_path)`` then rename into ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(network: QNetwork, folder: Path) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
     folder = Path(folder)
     tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    _atomic(folder / WEIGHTS, lambda temp: save_file(tensors, temp))
-    _atomic(folder / CONFIG, lambda temp: Path(temp).write_text(network.config.to_json()))
+    atomic_write(folder / WEIGHTS, lambda temp: save_file(tensors, temp))
+    atomic_write(folder / CONFIG, lambda temp: Path(temp).write_text(network.config.to_json()))
 
 
 def load_model(folder: str | Path, embedder: TextEmbedder | None = None, device: str = "cpu") -> QNetwork:
@@ -59,7 +45,7 @@ def load_model(folder: str | Path, embedder: TextEmbedder | None = None, device:
 
 def save_trainer(folder: Path, state: dict[str, Any]) -> None:
     """Write the resumable trainer state (tensors and plain values only)."""
-    _atomic(Path(folder) / TRAINER, lambda temp: torch.save(state, temp))
+    atomic_write(Path(folder) / TRAINER, lambda temp: torch.save(state, temp))
 
 
 def load_trainer(folder: Path) -> dict[str, Any] | None:
