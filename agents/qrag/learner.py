@@ -232,7 +232,7 @@ class Learner:
                 target.lerp_(online, self.config.tau)
         return {
             "losses/td_loss": loss.item(),
-            "losses/q_values": float(q.sum(-1).mean()),
+            "losses/q_values": q.detach().sum(-1).mean().item(),
             "losses/grad_norm": float(grad_norm),
             "charts/learning_rate": self.scheduler.get_last_lr()[0],
             "charts/alpha": self.alpha,
