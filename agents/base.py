@@ -16,6 +16,7 @@ importable from the current environment, so a user's agent runs in every benchma
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 import inspect
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -33,14 +34,15 @@ class Agent(Protocol):
         """The next chunk to select: an index with ``info["action_mask"][index]`` true."""
 
 
-class BaseAgent:
+class BaseAgent(ABC):
     """Convenience base: a no-op ``reset`` and ``kept`` = every selection. Subclassing is optional."""
 
     def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
         """Nothing to prepare by default."""
 
+    @abstractmethod
     def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
-        raise NotImplementedError(f"{type(self).__name__} must implement act(obs, info, env)")
+        """The next chunk to select (every agent decides this itself)."""
 
     def kept(self, info: dict[str, Any]) -> Sequence[int]:
         """The chunks a reader gets: all selected ones unless an agent stops itself earlier."""
