@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from qrag_gym.atomic import atomic_write_bytes  # noqa: E402
+from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS  # noqa: E402
 
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json", "episodes.csv", "summary.md", "success_vs_length.png", "run.json")
@@ -69,9 +70,12 @@ def _family(task: str) -> str:
     return "babilong" if task.startswith("qa") else task
 
 
-def _task_order(task: str) -> tuple[int, str]:
+def _task_order(task: str) -> tuple[int, int, str]:
+    """Families in :data:`FAMILY_TITLES` order; NIAH variants in RULER's order (single, multikey, ...)."""
     family = _family(task)
-    return (list(FAMILY_TITLES).index(family) if family in FAMILY_TITLES else len(FAMILY_TITLES), task)
+    rank = list(FAMILY_TITLES).index(family) if family in FAMILY_TITLES else len(FAMILY_TITLES)
+    variants = list(NIAH_VARIANTS)
+    return (rank, variants.index(_column(task)) if family == "niah" and _column(task) in variants else -1, task)
 
 
 def _column(task: str) -> str:
