@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from qrag_gym.atomic import atomic_write_bytes  # noqa: E402
+from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS  # noqa: E402
 
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json", "episodes.csv", "summary.md", "success_vs_length.png", "run.json")
@@ -58,73 +59,138 @@ def cell_means(records: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str
     return {key: (float(np.mean(v)), len(v)) for key, v in values.items()}
 
 
+FAMILY_TITLES = {"babilong": "BABILong", "niah": "RULER NIAH", "hotpotqa": "HotpotQA"}
+PLOT_COLUMNS = 5
+
+
+def _family(task: str) -> str:
+    """The task's family for grouping (bAbI ``qa*``, ``niah:*``, else the task's own name)."""
+    if task.startswith("niah:"):
+        return "niah"
+    return "babilong" if task.startswith("qa") else task
+
+
+def _task_order(task: str) -> tuple[int, int, str]:
+    """Families in :data:`FAMILY_TITLES` order; NIAH variants in RULER's order (single, multikey, ...)."""
+    family = _family(task)
+    rank = list(FAMILY_TITLES).index(family) if family in FAMILY_TITLES else len(FAMILY_TITLES)
+    variants = list(NIAH_VARIANTS)
+    return (rank, variants.index(_column(task)) if family == "niah" and _column(task) in variants else -1, task)
+
+
+def _column(task: str) -> str:
+    return task.split(":", 1)[1] if task.startswith("niah:") else task
+
+
 def _orders(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
-    """Agents in first-seen order, tasks sorted, lengths by token count."""
+    """Agents in first-seen order, tasks by family (bAbI, NIAH, HotpotQA) then name, lengths by token
+    count (a natural length, ``context_tokens`` ``None``, last)."""
     agents = list(dict.fromkeys(r["agent"] for r in records))
-    tasks = sorted({r["task"] for r in records})
+    tasks = sorted({r["task"] for r in records}, key=_task_order)
     tokens = {r["length"]: r["context_tokens"] for r in records}
-    return agents, tasks, sorted(tokens, key=tokens.get)
+    return agents, tasks, sorted(tokens, key=lambda n: (tokens[n] is None, tokens[n] or 0))
+
+
+def _families(tasks: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(family, its tasks) in order."""
+    grouped: dict[str, list[str]] = {}
+    for task in tasks:
+        grouped.setdefault(_family(task), []).append(task)
+    return list(grouped.items())
+
+
+def _table(agents: Sequence[str], tasks: Sequence[str], lengths: Sequence[str],
+           value: Any, present: Any) -> list[str]:
+    """Markdown rows: one per agent and length with any episode (``present``), one column per task."""
+    lines = ["| agent | length | " + " | ".join(map(_column, tasks)) + " |", "|---|---|" + "---|" * len(tasks)]
+    for agent in agents:
+        for length in lengths:
+            if any(present(agent, t, length) for t in tasks):
+                lines.append(f"| {agent} | {length} | " + " | ".join(value(agent, t, length) for t in tasks) + " |")
+    return lines
 
 
 def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
-    """One table per metric: a row per agent and length, a column per task, cell means over all seeds."""
+    """One table per metric (and per task family when there are several): a row per agent and length,
+    a column per task, cell means over all seeds; "–" where a cell has no value (HotpotQA has no
+    answer metric)."""
     agents, tasks, lengths = _orders(records)
+    families = _families(tasks)
     counts = cell_means(records, "success_at_k")
     lines = ["# Benchmark summary", "",
              f"{len(records)} episodes on {', '.join(sorted({r['source'] for r in records}))}; "
              "each cell is the mean over its episodes (n in the last table).", ""]
+    headed = len(families) > 1 or families[0][0] != "babilong"
+    if headed:
+        lines += ["Answer scores: BABILong, the exact bAbI reader on the kept chunks; NIAH, RULER string match of "
+                  "the gold values in the kept chunks' text; HotpotQA, none (it needs an LLM reader). HotpotQA has "
+                  "one natural length, shown as `doc`.", ""]
+
+    def sections(title: str, value: Any) -> list[str]:
+        out = [f"## {title}", ""]
+        for family, members in families:
+            if headed:
+                out += [f"### {FAMILY_TITLES.get(family, family)}", ""]
+            out += [*_table(agents, members, lengths, value, lambda a, t, n: (a, t, n) in counts), ""]
+        return out
+
     for metric, title in SUMMARY_METRICS:
         means = cell_means(records, metric)
         if not means:
             continue
         digits = 3 if metric == "seconds" else 2
-        lines += [f"## {title}", ""]
+        body = sections(title, lambda a, t, n, means=means, digits=digits:
+                        f"{means[(a, t, n)][0]:.{digits}f}" if (a, t, n) in means else "–")
         if metric == "seconds":
-            lines += ["Time in the agent and env steps. It includes encoding whatever the embedder's caches (in "
-                      "memory per process, and on disk) did not hold yet, so it shows cache warmth as much as "
-                      "the agent's own cost; BM25 rebuilds its index every episode.", ""]
-        lines += ["| agent | length | " + " | ".join(tasks) + " |",
-                  "|---|---|" + "---|" * len(tasks)]
-        for agent in agents:
-            for length in lengths:
-                cells = [f"{means[(agent, t, length)][0]:.{digits}f}" if (agent, t, length) in means else "–"
-                         for t in tasks]
-                if any(c != "–" for c in cells):
-                    lines.append(f"| {agent} | {length} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## episodes per cell", "", "| agent | length | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
-    for agent in agents:
-        for length in lengths:
-            cells = [str(counts[(agent, t, length)][1]) if (agent, t, length) in counts else "–" for t in tasks]
-            if any(c != "–" for c in cells):
-                lines.append(f"| {agent} | {length} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            body[2:2] = ["Time in the agent and env steps. It includes encoding whatever the embedder's caches (in "
+                         "memory per process, and on disk) did not hold yet, so it shows cache warmth as much as "
+                         "the agent's own cost; BM25 rebuilds its index every episode.", ""]
+        lines += body
+    lines += sections("episodes per cell", lambda a, t, n: str(counts[(a, t, n)][1]) if (a, t, n) in counts else "–")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
-    """success@k against context length (log scale), one panel per task, one line per agent."""
+    """success@k against context length (log scale), one panel per task, one line per agent.
+
+    Panels go at most :data:`PLOT_COLUMNS` to a row, each task family starting a new row; tasks with
+    one natural length (HotpotQA) have no curve and are left to the summary table.
+    """
     agents, tasks, lengths = _orders(records)
     tokens = {r["length"]: r["context_tokens"] for r in records}
     means = cell_means(records, "success_at_k")
-    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.8), sharey=True, squeeze=False)
+    lengths = [n for n in lengths if tokens[n] is not None]
+    tasks = [t for t in tasks if any((a, t, n) in means for a in agents for n in lengths)]
+    rows: list[list[str]] = []
+    for _, members in _families(tasks):
+        rows += [members[i:i + PLOT_COLUMNS] for i in range(0, len(members), PLOT_COLUMNS)]
+    rows = rows or [[]]
+    columns = max(1, max(len(row) for row in rows))
+    figure, axes = plt.subplots(len(rows), columns, figsize=(3.6 * columns, 3.4 * len(rows) + 0.6),
+                                sharey=True, squeeze=False)
     styles = [(marker, line) for line in ("-", "--", ":") for marker in ("o", "s", "^", "D", "v", "x")]
-    for axis, task in zip(axes[0], tasks):
+    for row_axes, row in zip(axes, rows):
+        for axis in row_axes[len(row):]:
+            axis.set_visible(False)
+    for axis, task in ((axes[r][c], task) for r, row in enumerate(rows) for c, task in enumerate(row)):
         for index, agent in enumerate(agents):
             points = [(tokens[n], means[(agent, task, n)][0]) for n in lengths if (agent, task, n) in means]
             if points:  # distinct markers and dashes: agents that tie (dense vs multi-step at k=1) stay visible
                 marker, line = styles[index % len(styles)]
                 axis.plot(*zip(*points), marker=marker, linestyle=line, markersize=5, alpha=0.85, label=agent)
         axis.set_xscale("log")
-        axis.set_xticks([tokens[n] for n in lengths], lengths)
+        task_lengths = [n for n in lengths if any((a, task, n) in means for a in agents)]
+        axis.set_xticks([tokens[n] for n in task_lengths], task_lengths)
         axis.minorticks_off()
         axis.set_title(task)
         axis.set_xlabel("context length (tokens)")
         axis.set_ylim(-0.03, 1.03)
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("success@k")
+    for row_axes in axes:
+        row_axes[0].set_ylabel("success@k")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    figure.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 8)), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.6 / figure.get_figheight(), 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)

@@ -36,6 +36,9 @@ def test_parse_length(text: str, expected: tuple[str, int]) -> None:
     (["--agents", "nope"], "unknown agent 'nope'"),
     (["--episodes-at", "128K"], "expected LENGTH=N"),
     (["--episodes", "0"], "--episodes must be at least 1"),
+    (["--tasks", "qa9"], "unknown task 'qa9'"),
+    (["--tasks", "niah:single_9"], "unknown task 'niah:single_9'"),
+    (["--tasks", "niah"], "niah:multivalue"),  # the error lists the accepted names
 ])
 def test_bad_arguments_are_named(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit):
@@ -91,3 +94,37 @@ def test_merge_runs_combines_folders(tmp_path: Path) -> None:
     assert "| b | 1K | 1.00 |" in (tmp_path / "out" / report.SUMMARY_MD).read_text()
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "out2"), str(tmp_path / "missing")])
+
+
+def test_niah_and_hotpotqa_run_in_one_harness_run(data_dir: Path, tmp_path: Path) -> None:
+    """NIAH (RULER string match of the kept chunks) and HotpotQA (one natural length, no answer metric)
+    through the same CLI; the tables group tasks by family and HotpotQA shows "–" for the answer."""
+    if not (data_dir / "hotpotqa" / "dev_subsampled_400.jsonl").is_file():
+        pytest.skip("no hotpotqa data file")
+    agents = ["random", "oracle", "bm25-multistep"]
+    argv = ["--agents", *agents, "--tasks", "niah:single_1", "hotpotqa", "--lengths", "1K", "2K",
+            "--episodes", "3", "--data-dir", str(data_dir), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    names = {report.EPISODES_JSON, report.EPISODES_CSV, report.SUMMARY_MD, report.PLOT_PNG, report.RUN_JSON}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    records = json.loads((tmp_path / report.EPISODES_JSON).read_text())
+    niah = [r for r in records if r["task"] == "niah:single_1"]
+    hotpot = [r for r in records if r["task"] == "hotpotqa"]
+    assert len(niah) == 3 * 2 * 3 and len(hotpot) == 3 * 3  # lengths are ignored for HotpotQA
+    assert {r["length"] for r in hotpot} == {"doc"} and all(r["context_tokens"] is None for r in hotpot)
+    assert all(r["answer_correct"] is None for r in hotpot)
+    assert all(0.0 <= r["answer_correct"] <= 1.0 for r in niah)
+    for r in records:  # the oracle keeps every needle / supporting paragraph; NIAH's reader then finds every value
+        if r["agent"] == "oracle":
+            assert r["success_at_k"] == 1.0 and r["f1"] == 1.0 and (r["task"] == "hotpotqa" or r["answer_correct"] == 1.0)
+    # HotpotQA walks its validation questions in order: three different questions, the same for every agent
+    docs = {a: [(r["num_chunks"], r["num_tokens"]) for r in hotpot if r["agent"] == a] for a in agents}
+    assert len(set(docs["oracle"])) == 3 and docs["random"] == docs["oracle"] == docs["bm25-multistep"]
+    summary = (tmp_path / report.SUMMARY_MD).read_text()
+    assert "### RULER NIAH" in summary and "### HotpotQA" in summary and "| single_1 |" in summary
+    assert "| oracle | 1K | 1.00 |" in summary and "| oracle | doc | 1.00 |" in summary
+    answers = summary.split("## answer accuracy")[1].split("## F1")[0]
+    assert "| oracle | doc | – |" in answers and "| oracle | 1K | 1.00 |" in answers
+    assert (tmp_path / report.PLOT_PNG).read_bytes().startswith(b"\x89PNG")
+    info = json.loads((tmp_path / report.RUN_JSON).read_text())
+    assert info["env_id"] == {"niah": "QRAG-NIAH-v0", "hotpotqa": "QRAG-HotpotQA-v0"}
