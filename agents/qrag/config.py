@@ -35,6 +35,8 @@ class QRAGConfig:
     # --- environment ----------------------------------------------------------------------------
     task: str = "qa3"
     train_num_sentences: int = 100
+    train_context_tokens: int = 4_000
+    """Document length for NIAH training and validation (BabiLong uses ``train_num_sentences``)."""
     max_steps: int = 6
     per_fact_reward: float = 0.0
     """Training-only shaping (the authors' option, 0 in their configs); validation always uses 0."""

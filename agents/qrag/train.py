@@ -25,6 +25,8 @@ from agents.qrag.learner import Learner
 from agents.qrag.networks import QNetwork
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
+from qrag_gym.envs.niah import NiahEnv
+from qrag_gym.envs.retrieval import RetrievalEnv
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -41,11 +43,19 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def make_env(config: QRAGConfig, split: str, num_sentences: int, data_dir: str | None) -> BabilongEnv:
-    """The authors' BabiLong setting: shaped reward with penalize_extra_steps and never_terminate."""
+NIAH_PREFIX = "niah:"
+
+
+def make_env(config: QRAGConfig, split: str, num_sentences: int, data_dir: str | None) -> RetrievalEnv:
+    """The authors' settings: BabiLong with shaped reward, penalize_extra_steps and never_terminate;
+    NIAH (``task="niah:<variant>"``, documents of ``train_context_tokens``) ending on completion (§6.2)."""
+    embedder = None if config.finetune_encoder else config.encoder
+    shaping = config.per_fact_reward if split == "train" else 0.0
+    if config.task.startswith(NIAH_PREFIX):
+        return NiahEnv(variant=config.task[len(NIAH_PREFIX):], context_tokens=config.train_context_tokens, split=split,
+                       max_steps=config.max_steps, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
     return BabilongEnv(task=config.task, num_sentences=num_sentences, split=split, max_steps=config.max_steps,
-                       never_terminate=True, data_dir=data_dir, embedder=None if config.finetune_encoder else config.encoder,
-                       per_fact_reward=config.per_fact_reward if split == "train" else 0.0)
+                       never_terminate=True, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
 
 
 def prefetch_features(env: BabilongEnv) -> None:
@@ -59,7 +69,7 @@ def prefetch_features(env: BabilongEnv) -> None:
     embedder.encode(list(source.noise.sentences) + sorted({f for s in source.samples for f in s.facts}))
 
 
-def validate(learner: Learner, env: BabilongEnv, writer: SummaryWriter, out: Path, best: float) -> tuple[dict[str, float], float]:
+def validate(learner: Learner, env: RetrievalEnv, writer: SummaryWriter, out: Path, best: float) -> tuple[dict[str, float], float]:
     """Greedy validation episodes; the model with the best success@k so far is kept in ``out/best``."""
     metrics = evaluate(learner.online, env, learner.config.eval_episodes, seed=10_000)
     for key, value in metrics.items():
@@ -81,7 +91,7 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     target = QNetwork(config, embedder).to(config.device)
     envs = [make_env(config, "train", config.train_num_sentences, data_dir) for _ in range(config.num_envs)]
     validation = make_env(config, "validation", config.eval_num_sentences, data_dir)
-    if embedder is not None:
+    if embedder is not None and isinstance(validation, BabilongEnv):
         prefetch_features(envs[0])
         prefetch_features(validation)
     learner = Learner(config, envs, online, target)
@@ -130,7 +140,7 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="qrag-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="qa1", help="qa1..qa5")
+    parser.add_argument("--task", default="qa1", help="qa1..qa5, or niah:<variant> (RULER, trained at 4K tokens)")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
                         help="cpu: frozen MiniLM + adapters (default); paper: full fine-tuning of contriever (GPU)")
     parser.add_argument("--out", type=Path, required=True, help="run folder")

@@ -82,7 +82,7 @@ class NiahEnv(RetrievalEnv):
     - ``haystack``, ``type_needle_k``, ``type_needle_v``, ``num_needle_k``, ``num_needle_v``,
       ``num_needle_q``: override the variant's RULER settings (``None`` keeps them).
     - ``max_steps`` (default 5, the authors' NIAH setting), ``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty`` as in :class:`RetrievalEnv`.
+      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``, else the user data
       folder); ``source``: "auto", "real" (books required) or "generated" (synthetic filler). Both only
       matter for the essay haystack: the repeat and needle haystacks are generated text.
@@ -114,6 +114,7 @@ class NiahEnv(RetrievalEnv):
         max_chunks: int | None = None,
         embedder: str | TextEmbedder | None = None,
         render_mode: str | None = None,
+        per_fact_reward: float = 0.0,
     ) -> None:
         self.config: NiahConfig = variant_config(
             variant, haystack=haystack, type_needle_k=type_needle_k, type_needle_v=type_needle_v,
@@ -136,7 +137,7 @@ class NiahEnv(RetrievalEnv):
             max_chunks = int(self.context_tokens / self._mean_sentence_tokens() * _CAPACITY_SLACK) + 64
             max_chunks += self.config.num_needles
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                         invalid_action_penalty, embedder, render_mode)
+                         invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
     def _count(self, texts: list[str]) -> np.ndarray:
         return count_tokens(self._tokenizer, texts)
