@@ -60,3 +60,15 @@ def small_data_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     for name in SMALL_BOOKS:
         (books / f"{name}.txt").symlink_to(data_dir / "noise" / "gutenberg" / f"{name}.txt")
     return root
+
+
+def play_checking_valid_actions(agent, env: gym.Env, seeds: range) -> None:
+    """Play one episode per seed and fail at the first action the env flags as invalid."""
+    for seed in seeds:
+        obs, info = env.reset(seed=seed)
+        agent.reset(obs, info, env)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(agent.act(obs, info, env))
+            assert not info["invalid_action"], f"{type(agent).__name__} chose a masked action"
+            done = terminated or truncated

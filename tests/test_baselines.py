@@ -9,6 +9,7 @@ import pytest
 
 from agents import BUILTIN_AGENTS, BaseAgent, make_agent, resolve_agent_class
 from benchmarks.harness import Cell, run_cell
+from conftest import play_checking_valid_actions
 
 CHEAP = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
 
@@ -58,14 +59,7 @@ def test_oracle_is_the_upper_bound(make_env, task: str) -> None:
 @pytest.mark.parametrize("name", CHEAP)
 def test_baselines_only_take_valid_actions(make_env, name: str) -> None:
     env, agent = make_env("qa2"), make_agent(name, seed=0)
-    for seed in range(3):
-        obs, info = env.reset(seed=seed)
-        agent.reset(obs, info, env)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(agent.act(obs, info, env))
-            assert not info["invalid_action"]
-            done = terminated or truncated
+    play_checking_valid_actions(agent, env, range(3))
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from stable_baselines3.common.env_checker import check_env
 
 from agents import make_agent
 from qrag_gym.wrappers import ShortlistView
+from conftest import play_checking_valid_actions
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -62,14 +63,7 @@ def test_sb3_agents_train_then_act(make_env, name: str) -> None:
     agent = make_agent(name, seed=0, k=4)
     agent.learn(make_env("qa1", tokens=300), total_timesteps=256)  # short documents: few sentences to encode
     env = make_env("qa1", tokens=300)
-    for seed in range(3):
-        obs, info = env.reset(seed=seed)
-        agent.reset(obs, info, env)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(agent.act(obs, info, env))
-            assert not info["invalid_action"]
-            done = terminated or truncated
+    play_checking_valid_actions(agent, env, range(3))
 
 
 def test_sb3_agent_without_policy_says_so(make_env) -> None:
