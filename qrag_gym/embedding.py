@@ -170,9 +170,9 @@ class TextEmbedder:
 
 
 @lru_cache(maxsize=4)
-def shared_embedder(model: str | None = None) -> TextEmbedder:
-    """One :class:`TextEmbedder` per model name per process, so envs and agents share its cache."""
-    return TextEmbedder(model)
+def shared_embedder(model: str | None = None, max_length: int = 64) -> TextEmbedder:
+    """One :class:`TextEmbedder` per model name and token cap per process, so envs and agents share its cache."""
+    return TextEmbedder(model, max_length=max_length)
 
 
 def model_exists(name: str) -> bool:

@@ -6,6 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from qrag_gym.data.hotpotqa import DEFAULT_FILE, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.embedding import count_tokens, load_tokenizer
@@ -30,6 +32,17 @@ def _cached_questions(path: str) -> tuple[HotpotQuestion, ...]:
     return tuple(load_hotpotqa(path))
 
 
+@lru_cache(maxsize=8)
+def _cached_token_counts(path: str, tokenizer_name: str | None) -> dict[str, int]:
+    """Tokens of each question's paragraphs, counted in one batched pass per file and tokenizer
+    (counting them at every reset cost more than the rest of a training step)."""
+    questions = _cached_questions(path)
+    paragraphs = [chunk for question in questions for chunk in question.chunks]
+    counts = count_tokens(load_tokenizer(tokenizer_name), paragraphs)
+    ends = np.cumsum([len(question.chunks) for question in questions])
+    return {q.qid: int(counts[end - len(q.chunks):end].sum()) for q, end in zip(questions, ends)}
+
+
 class HotpotQAEnv(RetrievalEnv):
     """``QRAG-HotpotQA-v0``: select the supporting paragraphs of a multi-hop question.
 
@@ -48,7 +61,7 @@ class HotpotQAEnv(RetrievalEnv):
       ``hotpotqa/dev_subsampled_400.jsonl`` under ``data_dir``, else ``$QRAG_DATA_DIR``, else the
       user data folder.
     - ``max_steps`` (default 2, the paper's T for HotpotQA), ``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty`` as in :class:`RetrievalEnv`.
+      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``max_chunks``: size of the action space; by default the most paragraphs of any question in the
       file, so every split has the same spaces.
     - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
@@ -56,9 +69,14 @@ class HotpotQAEnv(RetrievalEnv):
     Episodes are drawn uniformly from the split; to walk a split in order, pass
     ``options={"episode": env.unwrapped.episode_at(i)}`` to ``reset``.
 
+    Paragraphs are long, so a model named by id/path embeds up to :attr:`embed_max_tokens` (256)
+    tokens of each, not BABILong's 64 (the paper uses 220 with its e5 encoder).
+
     ## Version history
     - v0: first release.
     """
+
+    embed_max_tokens = 256
 
     def __init__(
         self,
@@ -73,6 +91,7 @@ class HotpotQAEnv(RetrievalEnv):
         max_chunks: int | None = None,
         embedder: str | TextEmbedder | None = None,
         render_mode: str | None = None,
+        per_fact_reward: float = 0.0,
     ) -> None:
         self.path = resolve_hotpotqa_file(path, data_dir)
         every = _cached_questions(str(self.path.resolve()))
@@ -80,11 +99,12 @@ class HotpotQAEnv(RetrievalEnv):
         self.questions = split_questions(list(every), split)
         if not self.questions:
             raise ValueError(f"{self.path} has no {split} questions ({SPLIT_RULE})")
-        self._tokenizer = load_tokenizer(embedder.name if isinstance(embedder, TextEmbedder) else embedder)
+        tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
+        self._token_counts = _cached_token_counts(str(self.path.resolve()), tokenizer_name)
         if max_chunks is None:
             max_chunks = max(len(q.paragraphs) for q in every)
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                         invalid_action_penalty, embedder, render_mode)
+                         invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
     def episode_at(self, index: int) -> Episode:
         """The episode of the split's ``index``-th question (file order)."""
@@ -97,7 +117,7 @@ class HotpotQAEnv(RetrievalEnv):
             supporting_ids=question.supporting,
             source="hotpotqa",
             task="hotpotqa",
-            num_tokens=int(count_tokens(self._tokenizer, chunks).sum()),
+            num_tokens=self._token_counts[question.qid],
             meta={"answers": list(question.answers), "qid": question.qid, "index": index},
         )
 

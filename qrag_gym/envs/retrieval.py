@@ -65,10 +65,12 @@ class RetrievalEnv(gym.Env, ABC):
     ## Embedder-scored actions
     With ``embedder=`` (a model id/path, or a :class:`TextEmbedder`), :meth:`chunk_vectors` encodes the
     document once per episode and :meth:`score` rates every available chunk against a query vector
-    with one matrix product, so agents never re-encode a chunk.
+    with one matrix product, so agents never re-encode a chunk. A model named by id/path keeps the
+    first ``embed_max_tokens`` tokens of each chunk (64, the paper's BABILong/NIAH chunk length).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    embed_max_tokens = 64
 
     def __init__(
         self,
@@ -227,7 +229,7 @@ class RetrievalEnv(gym.Env, ABC):
         spec = self._embedder_spec
         if isinstance(spec, TextEmbedder):
             return spec
-        self._embedder_spec = shared_embedder(spec)
+        self._embedder_spec = shared_embedder(spec, self.embed_max_tokens)
         return self._embedder_spec
 
     def chunk_vectors(self) -> np.ndarray:
