@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from agents.qrag.agent import QRAGAgent
 from agents.qrag.checkpoint import load_model, save_model
-from agents.qrag.config import cpu_config
+from agents.qrag.config import cpu_config, task_settings
 from agents.qrag.inference import evaluate, keep_until_threshold
 from agents.qrag.learner import lambda_returns, soft_value
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
-from agents.qrag.train import train
+from agents.qrag.train import make_env, make_envs, train
+from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
+from qrag_gym.envs.hotpotqa import HotpotQAEnv
 
 
 def test_relative_positions_hand_example() -> None:
@@ -111,3 +114,24 @@ def test_short_training_on_qa1_beats_random(small_data_dir, tmp_path) -> None:
     assert (tmp_path / "run" / "trainer_state.pt").is_file()
     resumed = evaluate(load_model(tmp_path / "run" / "model"), env, 20, seed=10_000)
     assert resumed["success_at_k"] >= 0.5
+
+
+def test_task_families_get_the_authors_env_settings(small_data_dir) -> None:
+    niah = cpu_config(task="niah:all", num_envs=9, **task_settings("niah:all"))
+    assert (niah.positions, niah.max_steps) == ("none", 5)
+    envs = make_envs(niah, "train", niah.num_envs, 100, str(small_data_dir))
+    assert [env.variant for env in envs] == [*NIAH_VARIANTS, next(iter(NIAH_VARIANTS))]
+    hotpot = cpu_config(task="hotpotqa", **task_settings("hotpotqa"))
+    assert (hotpot.positions, hotpot.max_steps, hotpot.chunk_max_tokens) == ("none", 2, 256)
+    train_env, validation_env = (make_env(hotpot, "hotpotqa", split, 0, None) for split in ("train", "validation"))
+    assert isinstance(train_env, HotpotQAEnv) and train_env.never_terminate and not validation_env.never_terminate
+    assert train_env.embedder.max_length == 256  # paragraphs, not BABILong's 64-token sentences
+    assert task_settings("qa2") == {}
+
+
+def test_agent_falls_back_to_the_mixed_niah_model(network: QNetwork, tmp_path) -> None:
+    save_model(network, tmp_path / "niah" / "best")
+    agent = QRAGAgent(models_dir=str(tmp_path))
+    assert agent._network_for("multikey_3").dim == network.dim
+    with pytest.raises(FileNotFoundError, match=r"qrag-train --task qa1"):
+        agent._network_for("qa1")

@@ -2,7 +2,8 @@
 
 ``QRAGAgent(model="runs/qa2/best")`` uses one model for every task; ``QRAGAgent(models_dir="runs")``
 loads ``runs/<task>/best`` for whichever task an episode comes from, so one agent name covers a
-whole qa1..qa5 benchmark grid. ``shortlist=k`` takes the certified faiss shortlist on long documents
+whole qa1..qa5 benchmark grid. A NIAH variant without its own model falls back to ``runs/niah/best``
+(the model ``qrag-train --task niah:all`` trains on all eight). ``shortlist=k`` takes the certified faiss shortlist on long documents
 (same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`agents.qrag.inference`).
 """
 
@@ -17,6 +18,7 @@ import torch
 from agents.qrag.checkpoint import load_model
 from agents.qrag.inference import embed_document, keep_until_threshold, shortlist_step, step_q_values, use_shortlist
 from agents.qrag.networks import QNetwork
+from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.shortlist import ChunkIndex
 
 
@@ -29,13 +31,24 @@ class QRAGAgent:
         self._networks: dict[str, QNetwork] = {}
         self._max_q: list[float] = []
 
+    def _model_folders(self, task: str) -> list[Path]:
+        """Where a model for ``task`` may be, in order of preference."""
+        if self.model:
+            return [Path(self.model)]
+        folders = [self.models_dir / task / "best"]
+        if task in NIAH_VARIANTS:
+            folders.append(self.models_dir / "niah" / "best")
+        return folders
+
     def _network_for(self, task: str) -> QNetwork:
-        folder = Path(self.model) if self.model else self.models_dir / task / "best"
+        candidates = self._model_folders(task)
+        folder = next((f for f in candidates if f.is_dir()), None)
+        if folder is None:
+            train = f"niah:{task}" if task in NIAH_VARIANTS else task
+            raise FileNotFoundError(f"no trained Q-RAG model for {task} at {' or '.join(map(str, candidates))}: "
+                                    f"train one with `qrag-train --task {train} --out {self.models_dir / task}`")
         key = str(folder)
         if key not in self._networks:
-            if not folder.is_dir():
-                raise FileNotFoundError(f"no trained Q-RAG model for {task} at {folder}: train one with "
-                                        f"`qrag-train --task {task} --out {self.models_dir / task}`")
             self._networks[key] = load_model(folder)
         return self._networks[key]
 

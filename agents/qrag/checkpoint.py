@@ -37,7 +37,7 @@ def load_model(folder: str | Path, embedder: TextEmbedder | None = None, device:
             raise FileNotFoundError(f"{folder} is not a Q-RAG model folder: {name} is missing")
     config = QRAGConfig.load(folder / CONFIG)
     if not config.finetune_encoder and embedder is None:
-        embedder = shared_embedder(config.encoder)
+        embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
     network = QNetwork(config, embedder)
     network.load_state_dict(load_file(folder / WEIGHTS, device=device))
     return network.to(device).eval()

@@ -34,6 +34,7 @@ class QRAGConfig:
     integer_positions: bool = True
     # --- environment ----------------------------------------------------------------------------
     task: str = "qa3"
+    """qa1..qa5 (BABILong), ``niah:<variant>`` or ``niah:all`` (RULER, the variants mixed), ``hotpotqa``."""
     train_num_sentences: int = 100
     train_context_tokens: int = 4_000
     """Document length for NIAH training and validation (BabiLong uses ``train_num_sentences``)."""
@@ -84,6 +85,20 @@ class QRAGConfig:
     @classmethod
     def load(cls, path: Path) -> "QRAGConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+NIAH_PREFIX = "niah:"
+NIAH_ALL = "niah:all"
+
+
+def task_settings(task: str) -> dict[str, Any]:
+    """The authors' per-task environment settings (qrag-method.md §6): no positions and T=5 for NIAH,
+    no positions and T=2 for HotpotQA with paragraph-length chunks; BABILong keeps the defaults."""
+    if task.startswith(NIAH_PREFIX):
+        return {"positions": "none", "max_steps": 5}
+    if task == "hotpotqa":
+        return {"positions": "none", "max_steps": 2, "chunk_max_tokens": 256, "state_piece_max_tokens": 220}
+    return {}
 
 
 def cpu_config(**overrides: Any) -> QRAGConfig:

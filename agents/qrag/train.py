@@ -1,6 +1,8 @@
-"""``qrag-train``: train a Q-RAG retriever on BABILong, with validation, TensorBoard and resumable checkpoints.
+"""``qrag-train``: train a Q-RAG retriever, with validation, TensorBoard and resumable checkpoints.
 
     qrag-train --task qa2 --out runs/qa2 --max-minutes 30
+    qrag-train --task niah:all --out runs/niah --max-minutes 10     # one model for the eight RULER variants
+    qrag-train --task hotpotqa --out runs/hotpotqa --max-minutes 20
 
 writes ``runs/qa2/model`` (last), ``runs/qa2/best`` (best validation success@k), TensorBoard event
 files, and ``trainer_state.pt`` every ``checkpoint_every`` updates; ``--resume`` continues from it.
@@ -19,12 +21,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.qrag.checkpoint import load_trainer, save_model, save_trainer
-from agents.qrag.config import QRAGConfig, cpu_config
+from agents.qrag.config import NIAH_ALL, NIAH_PREFIX, QRAGConfig, cpu_config, task_settings
 from agents.qrag.inference import evaluate
 from agents.qrag.learner import Learner
 from agents.qrag.networks import QNetwork
+from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
+from qrag_gym.envs.hotpotqa import HotpotQAEnv
 from qrag_gym.envs.niah import NiahEnv
 from qrag_gym.envs.retrieval import RetrievalEnv
 
@@ -43,19 +47,29 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-NIAH_PREFIX = "niah:"
+def make_env(config: QRAGConfig, task: str, split: str, num_sentences: int, data_dir: str | None) -> RetrievalEnv:
+    """One env of ``task`` with the authors' settings (qrag-method.md §6).
 
-
-def make_env(config: QRAGConfig, split: str, num_sentences: int, data_dir: str | None) -> RetrievalEnv:
-    """The authors' settings: BabiLong with shaped reward, penalize_extra_steps and never_terminate;
-    NIAH (``task="niah:<variant>"``, documents of ``train_context_tokens``) ending on completion (§6.2)."""
+    BABILong: shaped reward, penalize_extra_steps and never_terminate. NIAH (``niah:<variant>``, documents
+    of ``train_context_tokens``): episodes end on completion. HotpotQA: never_terminate while training,
+    ending on completion for validation (the metrics read the greedy selections, not the reward).
+    """
     embedder = None if config.finetune_encoder else config.encoder
     shaping = config.per_fact_reward if split == "train" else 0.0
-    if config.task.startswith(NIAH_PREFIX):
-        return NiahEnv(variant=config.task[len(NIAH_PREFIX):], context_tokens=config.train_context_tokens, split=split,
+    if task.startswith(NIAH_PREFIX):
+        return NiahEnv(variant=task[len(NIAH_PREFIX):], context_tokens=config.train_context_tokens, split=split,
                        max_steps=config.max_steps, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
-    return BabilongEnv(task=config.task, num_sentences=num_sentences, split=split, max_steps=config.max_steps,
+    if task == "hotpotqa":
+        return HotpotQAEnv(split=split, data_dir=data_dir, max_steps=config.max_steps, never_terminate=split == "train",
+                           embedder=embedder, per_fact_reward=shaping)
+    return BabilongEnv(task=task, num_sentences=num_sentences, split=split, max_steps=config.max_steps,
                        never_terminate=True, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
+
+
+def make_envs(config: QRAGConfig, split: str, count: int, num_sentences: int, data_dir: str | None) -> list[RetrievalEnv]:
+    """``count`` envs of the configured task; ``niah:all`` deals the eight RULER variants round-robin."""
+    tasks = [NIAH_PREFIX + variant for variant in NIAH_VARIANTS] if config.task == NIAH_ALL else [config.task]
+    return [make_env(config, tasks[index % len(tasks)], split, num_sentences, data_dir) for index in range(count)]
 
 
 def prefetch_features(env: BabilongEnv) -> None:
@@ -69,9 +83,12 @@ def prefetch_features(env: BabilongEnv) -> None:
     embedder.encode(list(source.noise.sentences) + sorted({f for s in source.samples for f in s.facts}))
 
 
-def validate(learner: Learner, env: RetrievalEnv, writer: SummaryWriter, out: Path, best: float) -> tuple[dict[str, float], float]:
-    """Greedy validation episodes; the model with the best success@k so far is kept in ``out/best``."""
-    metrics = evaluate(learner.online, env, learner.config.eval_episodes, seed=10_000)
+def validate(learner: Learner, envs: list[RetrievalEnv], writer: SummaryWriter, out: Path, best: float) -> tuple[dict[str, float], float]:
+    """Greedy validation episodes, shared evenly between ``envs`` (one per NIAH variant for ``niah:all``);
+    the model with the best mean success@k so far is kept in ``out/best``."""
+    episodes = max(1, learner.config.eval_episodes // len(envs))
+    per_env = [evaluate(learner.online, env, episodes, seed=10_000) for env in envs]
+    metrics = {key: float(np.mean([m[key] for m in per_env])) for key in per_env[0]}
     for key, value in metrics.items():
         writer.add_scalar(f"eval/{key}", value, learner.transitions)
     tqdm.write(f"update {learner.updates}: validation {json.dumps({k: round(v, 3) for k, v in metrics.items()})}")
@@ -86,14 +103,15 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     """Train until ``total_updates`` or ``max_minutes``; returns the last validation metrics."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    embedder = None if config.finetune_encoder else shared_embedder(config.encoder)
+    embedder = None if config.finetune_encoder else shared_embedder(config.encoder, config.chunk_max_tokens)
     online = QNetwork(config, embedder).to(config.device)
     target = QNetwork(config, embedder).to(config.device)
-    envs = [make_env(config, "train", config.train_num_sentences, data_dir) for _ in range(config.num_envs)]
-    validation = make_env(config, "validation", config.eval_num_sentences, data_dir)
-    if embedder is not None and isinstance(validation, BabilongEnv):
+    envs = make_envs(config, "train", config.num_envs, config.train_num_sentences, data_dir)
+    validation = make_envs(config, "validation", len(NIAH_VARIANTS) if config.task == NIAH_ALL else 1,
+                           config.eval_num_sentences, data_dir)
+    if embedder is not None and isinstance(validation[0], BabilongEnv):
         prefetch_features(envs[0])
-        prefetch_features(validation)
+        prefetch_features(validation[0])
     learner = Learner(config, envs, online, target)
     best = -1.0
     state = load_trainer(out) if resume else None
@@ -140,7 +158,8 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="qrag-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="qa1", help="qa1..qa5, or niah:<variant> (RULER, trained at 4K tokens)")
+    parser.add_argument("--task", default="qa1",
+                        help="qa1..qa5, niah:<variant> or niah:all (RULER, trained at 4K tokens), or hotpotqa")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
                         help="cpu: frozen MiniLM + adapters (default); paper: full fine-tuning of contriever (GPU)")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
@@ -153,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"task": args.task, **parse_overrides(args.set)}
+    overrides = {"task": args.task, **task_settings(args.task), **parse_overrides(args.set)}
     if args.updates:
         overrides["total_updates"] = args.updates
     config = cpu_config(**overrides) if args.preset == "cpu" else QRAGConfig.from_dict(overrides)
