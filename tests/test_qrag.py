@@ -11,15 +11,17 @@ import torch
 from agents.qrag.agent import QRAGAgent
 from agents.qrag.checkpoint import load_model, save_model
 from agents.qrag.config import cpu_config, task_settings
+from agents.qrag.evaluate import validation_env
 from agents.qrag.inference import evaluate, keep_until_threshold
 from agents.qrag.learner import lambda_returns, soft_value
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
-from agents.qrag.train import make_env, make_envs, train
+from agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_envs, train
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.envs.hotpotqa import HotpotQAEnv
+from qrag_gym.envs.niah import NiahEnv
 
 
 def test_relative_positions_hand_example() -> None:
@@ -117,10 +119,13 @@ def test_short_training_on_qa1_beats_random(small_data_dir, tmp_path) -> None:
 
 
 def test_task_families_get_the_authors_env_settings(small_data_dir) -> None:
-    niah = cpu_config(task="niah:all", num_envs=9, **task_settings("niah:all"))
+    niah = cpu_config(task="niah:all", **task_settings("niah:all"))
     assert (niah.positions, niah.max_steps) == ("none", 5)
-    envs = make_envs(niah, "train", niah.num_envs, 100, str(small_data_dir))
-    assert [env.variant for env in envs] == [*NIAH_VARIANTS, next(iter(NIAH_VARIANTS))]
+    train_envs = make_envs(niah, "train", 7, 100, str(small_data_dir))
+    assert [env.variant for env in train_envs] == [*NIAH_TRAIN_VARIANTS, NIAH_TRAIN_VARIANTS[0]]
+    assert "multikey_3" not in NIAH_TRAIN_VARIANTS and len(NIAH_TRAIN_VARIANTS) == 6
+    validation_envs = make_envs(niah, "validation", len(NIAH_VARIANTS), 100, str(small_data_dir))
+    assert [env.variant for env in validation_envs] == list(NIAH_VARIANTS)
     hotpot = cpu_config(task="hotpotqa", **task_settings("hotpotqa"))
     assert (hotpot.positions, hotpot.max_steps, hotpot.chunk_max_tokens) == ("none", 2, 256)
     train_env, validation_env = (make_env(hotpot, "hotpotqa", split, 0, None) for split in ("train", "validation"))
@@ -135,3 +140,11 @@ def test_agent_falls_back_to_the_mixed_niah_model(network: QNetwork, tmp_path) -
     assert agent._network_for("multikey_3").dim == network.dim
     with pytest.raises(FileNotFoundError, match=r"qrag-train --task qa1"):
         agent._network_for("qa1")
+
+
+def test_evaluate_builds_each_family_validation_env(network: QNetwork, small_data_dir) -> None:
+    niah = validation_env(network, "niah:multivalue", 4_000, str(small_data_dir))
+    assert isinstance(niah, NiahEnv) and niah.split == "validation" and niah.context_tokens == 4_000
+    assert isinstance(validation_env(network, "hotpotqa", 4_000, None), HotpotQAEnv)
+    babi = validation_env(network, "qa2", 1_000, str(small_data_dir))
+    assert isinstance(babi, BabilongEnv) and babi.never_terminate
