@@ -148,3 +148,10 @@ def test_evaluate_builds_each_family_validation_env(network: QNetwork, small_dat
     assert isinstance(validation_env(network, "hotpotqa", 4_000, None), HotpotQAEnv)
     babi = validation_env(network, "qa2", 1_000, str(small_data_dir))
     assert isinstance(babi, BabilongEnv) and babi.never_terminate
+
+
+def test_full_episode_share_sets_which_training_envs_run_all_steps(small_data_dir) -> None:
+    config = cpu_config(task="qa1", full_episode_share=0.25)
+    train_envs = make_envs(config, "train", 8, 50, str(small_data_dir))
+    assert [env.never_terminate for env in train_envs] == [True, True] + [False] * 6
+    assert all(env.never_terminate for env in make_envs(config, "validation", 2, 50, str(small_data_dir)))

@@ -39,6 +39,10 @@ class QRAGConfig:
     train_context_tokens: int = 4_000
     """Document length for NIAH training and validation (BabiLong uses ``train_num_sentences``)."""
     max_steps: int = 6
+    full_episode_share: float = 1.0
+    """Share of BABILong training envs whose episodes run all ``max_steps`` after completion (the authors'
+    never_terminate: 1.0). Those teach Q to fall once the facts are in, which the Q-threshold stop reads;
+    the others end on completion, so more of each batch is spent on choosing the facts."""
     per_fact_reward: float = 0.0
     """Training-only shaping (the authors' option, 0 in their configs); validation always uses 0."""
     num_envs: int = 1
@@ -106,7 +110,9 @@ def cpu_config(**overrides: Any) -> QRAGConfig:
 
     Changes from the paper's values, each measured on this machine: cached frozen features instead of
     two 110M-parameter encoders, a larger learning rate for the small adapters (3e-4), 64 parallel
-    episodes x 4 steps per update, alpha 0.02, continuous positions, a short schedule.
+    episodes x 4 steps per update, alpha 0.02, continuous positions, a short schedule, and a quarter of the
+    BABILong training episodes running past completion (qa1, 10 minutes: best validation success@k 0.865
+    -> 0.935, fact F1 of that checkpoint 0.88 -> 0.97, against all of them).
     """
     values: dict[str, Any] = dict(
         encoder="default",
@@ -122,6 +128,7 @@ def cpu_config(**overrides: Any) -> QRAGConfig:
         warmup_updates=50,
         total_updates=1_500,
         final_lr_ratio=0.1,
+        full_episode_share=0.25,
         eval_every=100,
         eval_episodes=200,
     )

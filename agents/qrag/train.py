@@ -47,10 +47,12 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def make_env(config: QRAGConfig, task: str, split: str, num_sentences: int, data_dir: str | None) -> RetrievalEnv:
+def make_env(config: QRAGConfig, task: str, split: str, num_sentences: int, data_dir: str | None,
+             full_episodes: bool = True) -> RetrievalEnv:
     """One env of ``task`` with the authors' settings (qrag-method.md §6).
 
-    BABILong: shaped reward, penalize_extra_steps and never_terminate. NIAH (``niah:<variant>``, documents
+    BABILong: shaped reward, penalize_extra_steps and never_terminate (unless ``full_episodes`` is False:
+    see ``config.full_episode_share``; validation always runs T steps, for success@T). NIAH (``niah:<variant>``, documents
     of ``train_context_tokens``): episodes end on completion. HotpotQA: never_terminate while training,
     ending on completion for validation (the metrics read the greedy selections, not the reward).
     """
@@ -63,7 +65,8 @@ def make_env(config: QRAGConfig, task: str, split: str, num_sentences: int, data
         return HotpotQAEnv(split=split, data_dir=data_dir, max_steps=config.max_steps, never_terminate=split == "train",
                            embedder=embedder, per_fact_reward=shaping)
     return BabilongEnv(task=task, num_sentences=num_sentences, split=split, max_steps=config.max_steps,
-                       never_terminate=True, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
+                       never_terminate=full_episodes or split != "train", data_dir=data_dir,
+                       embedder=embedder, per_fact_reward=shaping)
 
 
 NIAH_TRAIN_VARIANTS = tuple(name for name, variant in NIAH_VARIANTS.items() if variant.haystack != "needle")
@@ -75,10 +78,13 @@ slower, so they are validation-only (unseen variants)."""
 
 def make_envs(config: QRAGConfig, split: str, count: int, num_sentences: int, data_dir: str | None) -> list[RetrievalEnv]:
     """``count`` envs of the configured task. ``niah:all`` deals :data:`NIAH_TRAIN_VARIANTS` round-robin
-    for training and all eight variants for validation."""
+    for training and all eight variants for validation; the first ``full_episode_share`` of them run full
+    episodes."""
     variants = NIAH_TRAIN_VARIANTS if split == "train" else tuple(NIAH_VARIANTS)
     tasks = [NIAH_PREFIX + variant for variant in variants] if config.task == NIAH_ALL else [config.task]
-    return [make_env(config, tasks[index % len(tasks)], split, num_sentences, data_dir) for index in range(count)]
+    full = round(config.full_episode_share * count)
+    return [make_env(config, tasks[index % len(tasks)], split, num_sentences, data_dir, full_episodes=index < full)
+            for index in range(count)]
 
 
 def prefetch_features(env: BabilongEnv) -> None:
