@@ -169,9 +169,18 @@ class TextEmbedder:
         return out
 
 
-@lru_cache(maxsize=4)
 def shared_embedder(model: str | None = None, max_length: int = 64) -> TextEmbedder:
-    """One :class:`TextEmbedder` per model name and token cap per process, so envs and agents share its cache."""
+    """One :class:`TextEmbedder` per model and token cap per process, so envs and agents share its cache.
+
+    The name is canonicalised first: ``"default"``, ``None`` and the hub id of the default model are the
+    same embedder, and so are positional and keyword calls. Two instances of one model would each encode
+    a text in a differently padded batch and disagree in the last float bits.
+    """
+    return _embedder_for(DEFAULT_MODEL if model in _DEFAULT_ALIASES else model, int(max_length))
+
+
+@lru_cache(maxsize=4)
+def _embedder_for(model: str, max_length: int) -> TextEmbedder:
     return TextEmbedder(model, max_length=max_length)
 
 

@@ -87,6 +87,14 @@ def test_network_shapes(network: QNetwork) -> None:
     assert q.shape == (2, 3, 2)
 
 
+def test_shared_embedder_is_one_instance_per_canonical_name() -> None:
+    """Aliases and keyword calls must share one encoder: two would pad batches differently and disagree."""
+    first = shared_embedder("default")
+    assert shared_embedder(None, 64) is first
+    assert shared_embedder(model="sentence-transformers/all-MiniLM-L6-v2", max_length=64) is first
+    assert shared_embedder("default", 128) is not first
+
+
 def test_save_load_round_trip_gives_identical_q(network: QNetwork, tmp_path) -> None:
     save_model(network, tmp_path / "model")
     loaded = load_model(tmp_path / "model")
