@@ -9,6 +9,7 @@ after every (task, length) cell, so an interrupted sweep keeps what finished.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -19,10 +20,19 @@ from benchmarks.results_io import RESULTS_DIR, markdown_table, write_atomic, wri
 COLUMNS = ("success_at_k", "success_at_t", "f1", "kept", "answer_accuracy", "seconds_per_episode")
 
 
+def ci95(rate: float, episodes: int) -> float:
+    """Half-width of the normal-approximation 95% interval of a success rate: how far apart two cells must be."""
+    return 1.96 * math.sqrt(rate * (1.0 - rate) / max(episodes, 1))
+
+
 def lengths_table(rows: list[dict]) -> str:
     """One markdown row per (task, length)."""
-    header = ["task", "tokens", "episodes", *COLUMNS]
-    body = [[r["task"], f"{r['context_tokens']:,}", r["episodes"], *(f"{r[c]:.3f}" for c in COLUMNS)] for r in rows]
+    header = ["task", "tokens", "episodes", *COLUMNS[:1], "± 95%", *COLUMNS[1:]]
+    body = [
+        [r["task"], f"{r['context_tokens']:,}", r["episodes"], f"{r[COLUMNS[0]]:.3f}",
+         f"{ci95(r[COLUMNS[0]], r['episodes']):.3f}", *(f"{r[c]:.3f}" for c in COLUMNS[1:])]
+        for r in rows
+    ]
     return markdown_table(header, body)
 
 

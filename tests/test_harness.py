@@ -13,6 +13,7 @@ import pytest
 from agents import BaseAgent
 from benchmarks import report
 from benchmarks.harness import parse_length
+from benchmarks.qrag_lengths import ci95, lengths_table
 from benchmarks.run import QUICK, main, parse_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -128,3 +129,11 @@ def test_niah_and_hotpotqa_run_in_one_harness_run(data_dir: Path, tmp_path: Path
     assert (tmp_path / report.PLOT_PNG).read_bytes().startswith(b"\x89PNG")
     info = json.loads((tmp_path / report.RUN_JSON).read_text())
     assert info["env_id"] == {"niah": "QRAG-NIAH-v0", "hotpotqa": "QRAG-HotpotQA-v0"}
+
+
+def test_lengths_table_reports_the_interval_of_success_at_k() -> None:
+    assert ci95(0.5, 100) == pytest.approx(0.098, abs=1e-3)
+    assert ci95(1.0, 30) == 0.0
+    row = {"task": "qa1", "context_tokens": 4000, "episodes": 100, "success_at_k": 0.5, "success_at_t": 1.0,
+           "f1": 0.9, "kept": 1.1, "answer_accuracy": 1.0, "seconds_per_episode": 0.01}
+    assert "| qa1 | 4,000 | 100 | 0.500 | 0.098 | 1.000 |" in lengths_table([row])
