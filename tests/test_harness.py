@@ -13,6 +13,7 @@ import pytest
 from agents import BaseAgent
 from benchmarks import report
 from benchmarks.harness import parse_length
+from benchmarks.qa1_first_step import position_slope
 from benchmarks.qrag_lengths import ci95, lengths_table
 from benchmarks.run import QUICK, main, parse_args
 
@@ -137,3 +138,10 @@ def test_lengths_table_reports_the_interval_of_success_at_k() -> None:
     row = {"task": "qa1", "context_tokens": 4000, "episodes": 100, "success_at_k": 0.5, "success_at_t": 1.0,
            "f1": 0.9, "kept": 1.1, "answer_accuracy": 1.0, "seconds_per_episode": 0.01}
     assert "| qa1 | 4,000 | 100 | 0.500 | 0.098 | 1.000 |" in lengths_table([row])
+
+
+def test_position_slope_separates_trend_from_noise() -> None:
+    offsets = np.array([-1.0, 0.0, 1.0, -1.0, 0.0, 1.0])
+    slope, noise = position_slope(offsets, 0.5 * offsets + np.array([0.1, -0.2, 0.1, -0.1, 0.2, -0.1]))
+    assert slope == pytest.approx(0.5)
+    assert noise == pytest.approx(np.sqrt(0.02))
