@@ -16,7 +16,7 @@ from agents.qrag.inference import evaluate, keep_until_threshold
 from agents.qrag.learner import lambda_returns, soft_value
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
-from agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_envs, train
+from agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_envs, run_config, train
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
@@ -140,6 +140,16 @@ def test_task_families_get_the_authors_env_settings(small_data_dir) -> None:
     assert isinstance(train_env, HotpotQAEnv) and train_env.never_terminate and not validation_env.never_terminate
     assert train_env.embedder.max_length == 256  # paragraphs, not BABILong's 64-token sentences
     assert task_settings("qa2") == {}
+
+
+def test_run_config_layers_preset_task_tuning_and_user_values() -> None:
+    assert run_config("qa1", "cpu", {}).gamma == 0.5  # the CPU preset's qa1 tuning
+    assert run_config("qa1", "cpu", {"gamma": 0.9}, updates=7).gamma == 0.9  # --set wins
+    assert run_config("qa1", "cpu", {}, updates=7).total_updates == 7
+    qa2 = run_config("qa2", "cpu", {})
+    assert (qa2.per_fact_reward, qa2.full_episode_share, qa2.gamma) == (0.1, 1.0, 0.99)
+    assert run_config("qa1", "paper", {}).gamma == 0.99  # the paper preset keeps the paper's values
+    assert run_config("niah:all", "cpu", {}).positions == "none"
 
 
 def test_agent_falls_back_to_the_mixed_niah_model(network: QNetwork, tmp_path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.qrag.checkpoint import load_trainer, save_model, save_trainer
-from agents.qrag.config import NIAH_ALL, NIAH_PREFIX, QRAGConfig, cpu_config, task_settings
+from agents.qrag.config import NIAH_ALL, NIAH_PREFIX, QRAGConfig, cpu_config, cpu_task_tuning, task_settings
 from agents.qrag.inference import evaluate
 from agents.qrag.learner import Learner
 from agents.qrag.networks import QNetwork
@@ -171,6 +172,18 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     return metrics
 
 
+def run_config(task: str, preset: str, overrides: dict[str, Any], updates: int | None = None) -> QRAGConfig:
+    """The config of one run, later layers winning: the preset, the task family's env settings, the CPU
+    preset's per-task tuning, then the user's ``--set`` values and ``--updates``."""
+    values = {"task": task, **task_settings(task)}
+    if preset == "cpu":
+        values.update(cpu_task_tuning(task))
+    values.update(overrides)
+    if updates:
+        values["total_updates"] = updates
+    return cpu_config(**values) if preset == "cpu" else QRAGConfig.from_dict(values)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="qrag-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="qa1",
@@ -187,10 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"task": args.task, **task_settings(args.task), **parse_overrides(args.set)}
-    if args.updates:
-        overrides["total_updates"] = args.updates
-    config = cpu_config(**overrides) if args.preset == "cpu" else QRAGConfig.from_dict(overrides)
+    config = run_config(args.task, args.preset, parse_overrides(args.set), args.updates)
     metrics = train(config, args.out, args.max_minutes, args.resume, args.data_dir)
     print(json.dumps(metrics, indent=2))
 
