@@ -108,34 +108,6 @@ def test_save_load_round_trip_gives_identical_q(network: QNetwork, tmp_path) -> 
         load_model(tmp_path)
 
 
-def test_position_dims_start_silent_and_survive_a_round_trip(data_dir, tmp_path) -> None:
-    """The extra channels change no Q value before training (their state side starts at zero), so the
-    model still starts as the frozen dense retriever; once trained they load back exactly."""
-    embedder = shared_embedder("default")
-    torch.manual_seed(0)
-    plain = QNetwork(cpu_config(), embedder)
-    torch.manual_seed(0)
-    wide = QNetwork(cpu_config(position_dims=32), embedder)
-    assert "chunk_position.bias" not in plain.state_dict() and wide.dim == plain.dim + 32
-    texts, positions = ["Mary went to the kitchen.", "Daniel went back to the garden."], torch.tensor([[0.0, 18.0]])
-
-    def q(net: QNetwork) -> torch.Tensor:
-        with torch.no_grad():
-            return net.q_halves(net.embed_states(["Where is Mary?"], [[]]).unsqueeze(1), net.embed_chunks(texts), positions)
-
-    assert torch.allclose(q(plain), q(wide), atol=1e-6)
-    with torch.no_grad():
-        wide.state_adapter[-1].bias.add_(torch.randn_like(wide.state_adapter[-1].bias))
-    save_model(wide, tmp_path / "wide")
-    assert torch.equal(q(load_model(tmp_path / "wide")), q(wide))
-
-
-@pytest.mark.parametrize("overrides", [{"position_dims": 6}, {"position_dims": 8, "positions": "none"}])
-def test_position_dims_errors(overrides: dict) -> None:
-    with pytest.raises(ValueError, match="position_dims"):
-        QNetwork(cpu_config(**overrides), shared_embedder("default"))
-
-
 @pytest.mark.slow
 def test_short_training_on_qa1_beats_random(small_data_dir, tmp_path) -> None:
     config = cpu_config(task="qa1", train_num_sentences=50, eval_num_sentences=50, num_envs=32,

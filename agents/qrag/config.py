@@ -32,11 +32,6 @@ class QRAGConfig:
     position_step: float = 20.0
     position_span: float = 18.0
     integer_positions: bool = True
-    position_dims: int = 0
-    """Adapter build only: extra rotary dimensions (a multiple of 4, split over the two halves) that carry
-    position apart from content: a learned linear map of the frozen features on the chunk side, the state
-    adapter on the other, turned by ``position_frequencies``. The content vector has unit norm, so
-    without them Q can only rise with position by giving up content (0: the paper's model)."""
     # --- environment ----------------------------------------------------------------------------
     task: str = "qa3"
     """qa1..qa5 (BABILong), ``niah:<variant>`` or ``niah:all`` (RULER, the variants mixed), ``hotpotqa``."""

@@ -6,9 +6,6 @@
   (cpu-findings.md: a state that starts as the bare question never sees a reward on qa2).
 - Full build (the paper, for GPUs): two trainable copies of an HF encoder, mean pooled and scaled.
 
-The adapter build can add ``position_dims`` rotary channels beside the unit-norm content vector, so
-that Q can rise with position without giving up content (config.py).
-
 Both take texts, so the learner is the same code for both. The embedding is split into two halves,
 each giving its own Q estimate (§3.3); acting uses their sum.
 """
@@ -20,7 +17,7 @@ from torch import nn
 from transformers import AutoModel
 
 from agents.qrag.config import QRAGConfig
-from agents.qrag.rotary import apply_rotation, position_frequencies, rotary_frequencies, rotation
+from agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
 from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model
 
 
@@ -31,24 +28,12 @@ def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
     return mlp
 
 
-def join_halves(content: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-    """``[content half 1, extra half 1, content half 2, extra half 2]``: each Q half (§3.3) gets its share."""
-    content_1, content_2 = content.chunk(2, dim=-1)
-    extra_1, extra_2 = extra.chunk(2, dim=-1)
-    return torch.cat((content_1, extra_1, content_2, extra_2), dim=-1)
-
-
 class QNetwork(nn.Module):
     """State encoder, chunk encoder and the rotary scoring between them."""
 
     def __init__(self, config: QRAGConfig, embedder: TextEmbedder | None = None) -> None:
         super().__init__()
         self.config = config
-        extra = config.position_dims
-        if extra % 4 or extra < 0:
-            raise ValueError(f"position_dims must be a non-negative multiple of 4, got {extra}")
-        if extra and (config.finetune_encoder or config.positions != "relative"):
-            raise ValueError("position_dims needs the adapter build (finetune_encoder=False) and relative positions")
         if config.finetune_encoder:
             path = resolve_model(config.encoder)
             self.state_encoder = AutoModel.from_pretrained(path)
@@ -62,16 +47,10 @@ class QNetwork(nn.Module):
             dim, hidden = embedder.dim, config.adapter_hidden
             self.chunk_adapter = _zero_last(nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)))
             self.state_adapter = _zero_last(
-                nn.Sequential(nn.Linear(3 * dim + 1, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, dim + extra))
+                nn.Sequential(nn.Linear(3 * dim + 1, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, dim))
             )
-            if extra:  # starts content-free (zero weight) and random, so the state side gets a gradient
-                self.chunk_position = nn.Linear(dim, extra)
-                nn.init.zeros_(self.chunk_position.weight)
-                nn.init.normal_(self.chunk_position.bias, std=extra**-0.5)
-        self.content_dim = dim
-        self.dim = dim + extra
-        frequencies = torch.cat((rotary_frequencies(dim // 2), position_frequencies(extra // 4)))
-        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.dim = dim
+        self.register_buffer("frequencies", rotary_frequencies(dim // 2), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -104,10 +83,7 @@ class QNetwork(nn.Module):
             pieces = self._piece_ids(texts, self.config.chunk_max_tokens)
             return self._encode_full(self.chunk_encoder, [[cls_id, *p, sep_id] for p in pieces])
         features = self._features(texts)
-        content = nn.functional.normalize(features + self.chunk_adapter(features), dim=-1)
-        if self.dim == self.content_dim:
-            return content
-        return join_halves(content, self.chunk_position(features))
+        return nn.functional.normalize(features + self.chunk_adapter(features), dim=-1)
 
     def embed_states(self, questions: list[str], selected: list[list[str]]) -> torch.Tensor:
         """E_s for states "question + selected chunks" (each list already in document order): ``(B, d)``."""
@@ -121,8 +97,7 @@ class QNetwork(nn.Module):
             summed = summed.index_add(0, owner, self._features(flat))
         count = torch.tensor([[len(s) / self.config.max_steps] for s in selected], device=self.device)
         base = nn.functional.normalize(question + summed, dim=-1)
-        out = self.state_adapter(torch.cat([question, summed, base, count], dim=-1))
-        return join_halves(base + out[:, : self.content_dim], out[:, self.content_dim :])
+        return base + self.state_adapter(torch.cat([question, summed, base, count], dim=-1))
 
     def _state_ids(self, question: str, selected: list[str]) -> list[int]:
         """``[CLS] q [SEP] c1 [SEP] c2 ... [SEP]`` with each piece capped (the authors' ``stack_memory``)."""

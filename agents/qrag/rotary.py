@@ -10,8 +10,6 @@ step is elementwise work on cached vectors: the encoder never runs again on a ch
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -39,18 +37,6 @@ def rotary_frequencies(half_dim: int, base: float = 10_000.0) -> torch.Tensor:
     if half_dim % 2:
         raise ValueError(f"each half of the embedding must have even size, got {half_dim}")
     return base ** (-torch.arange(0, half_dim, 2, dtype=torch.float32) / half_dim)
-
-
-def position_frequencies(pairs: int, low: float = 0.01, high: float = 1.0) -> torch.Tensor:
-    """Angles per unit position for the ``pairs`` rotary pairs of the position channels (one half).
-
-    Log-spaced from ``low`` (a quarter turn over ~160 positions: monotone across every segment of a
-    6-step episode) to ``high`` (neighbouring positions apart), the band that orders facts; the content
-    frequencies of :func:`rotary_frequencies` spend most pairs far above or below it.
-    """
-    if pairs == 0:
-        return torch.empty(0)
-    return torch.logspace(math.log10(low), math.log10(high), pairs)
 
 
 def rotation(positions: torch.Tensor, frequencies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
