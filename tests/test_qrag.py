@@ -143,7 +143,7 @@ def test_task_families_get_the_authors_env_settings(small_data_dir) -> None:
 
 
 def test_run_config_layers_preset_task_tuning_and_user_values() -> None:
-    assert run_config("qa1", "cpu", {}).gamma == 0.5  # the CPU preset's qa1 tuning
+    assert [run_config(task, "cpu", {}).gamma for task in ("qa1", "qa4", "qa5")] == [0.5] * 3  # one-fact tuning
     assert run_config("qa1", "cpu", {"gamma": 0.9}, updates=7).gamma == 0.9  # --set wins
     assert run_config("qa1", "cpu", {}, updates=7).total_updates == 7
     qa2 = run_config("qa2", "cpu", {})
