@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,9 @@ def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path
     assert main(argv) == 0
     names = {report.EPISODES_JSON, report.EPISODES_CSV, report.SUMMARY_MD, report.PLOT_PNG, report.RUN_JSON}
     assert names <= {p.name for p in tmp_path.iterdir()}
-    records = json.loads((tmp_path / report.EPISODES_JSON).read_text())
+    records = report.load_records(tmp_path)
     assert len(records) == 3 * 2 * 3 and {r["agent"] for r in records} == set(agents)
-    with open(tmp_path / report.EPISODES_CSV) as stream:
+    with gzip.open(tmp_path / report.EPISODES_CSV, "rt") as stream:
         assert len(list(csv.DictReader(stream))) == len(records)
     summary = (tmp_path / report.SUMMARY_MD).read_text()
     assert "| oracle | 1K | 1.00 | 1.00 |" in summary
@@ -78,9 +79,9 @@ def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path
 
     # an interrupted cell (fewer episodes than asked) is run again; finished cells are kept as they are
     cut = [r for r in records if not (r["agent"] == "random" and r["task"] == "qa2" and r["episode"] == 2)]
-    report.write_json(tmp_path / report.EPISODES_JSON, cut)
+    report.write_records(tmp_path / report.EPISODES_JSON, cut)
     assert main([*argv, "--resume"]) == 0
-    again = json.loads((tmp_path / report.EPISODES_JSON).read_text())
+    again = report.load_records(tmp_path)
     assert len(again) == len(records)
     assert json.loads((tmp_path / report.RUN_JSON).read_text())["cells_skipped_as_finished"] == 5
     key = lambda r: (r["agent"], r["task"], r["episode"], r["success_at_k"], r["steps"])  # noqa: E731
@@ -91,7 +92,7 @@ def test_merge_runs_combines_folders(tmp_path: Path) -> None:
     base = {"task": "qa1", "length": "1K", "context_tokens": 1_000, "seed": 0, "episode": 0, "success_at_k": 1.0,
             "success_at_t": 1.0, "f1": 1.0, "seconds": 0.1, "answer_correct": 1.0, "source": "test"}
     for name in ("a", "b"):
-        report.write_json(tmp_path / name / report.EPISODES_JSON, [{**base, "agent": name}])
+        report.write_records(tmp_path / name / report.EPISODES_JSON, [{**base, "agent": name}])
     assert report.main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "| b | 1K | 1.00 |" in (tmp_path / "out" / report.SUMMARY_MD).read_text()
     with pytest.raises(SystemExit):
@@ -109,7 +110,7 @@ def test_niah_and_hotpotqa_run_in_one_harness_run(data_dir: Path, tmp_path: Path
     assert main(argv) == 0
     names = {report.EPISODES_JSON, report.EPISODES_CSV, report.SUMMARY_MD, report.PLOT_PNG, report.RUN_JSON}
     assert names <= {p.name for p in tmp_path.iterdir()}
-    records = json.loads((tmp_path / report.EPISODES_JSON).read_text())
+    records = report.load_records(tmp_path)
     niah = [r for r in records if r["task"] == "niah:single_1"]
     hotpot = [r for r in records if r["task"] == "hotpotqa"]
     assert len(niah) == 3 * 2 * 3 and len(hotpot) == 3 * 3  # lengths are ignored for HotpotQA
