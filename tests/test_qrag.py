@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from agents.qrag.agent import QRAGAgent
-from agents.qrag.checkpoint import load_model, save_model
+from agents.qrag.checkpoint import load_model, load_trainer, save_model
 from agents.qrag.config import cpu_config, task_settings
 from agents.qrag.evaluate import validation_env
 from agents.qrag.inference import evaluate, keep_until_threshold
@@ -173,3 +174,40 @@ def test_full_episode_share_sets_which_training_envs_run_all_steps(small_data_di
     train_envs = make_envs(config, "train", 8, 50, str(small_data_dir))
     assert [env.never_terminate for env in train_envs] == [True, True] + [False] * 6
     assert all(env.never_terminate for env in make_envs(config, "validation", 2, 50, str(small_data_dir)))
+
+
+def test_full_finetune_build_trains_resumes_and_round_trips(small_data_dir, tmp_path, monkeypatch) -> None:
+    """The paper's build (two trainable encoder copies, the GPU path) end to end on a tiny run: the
+    memoised token ids equal the tokenizer's, a run stopped by the clock keeps its trainer state, the
+    resumed run continues from it, and save/load keeps Q exact."""
+    config = cpu_config(task="qa2", finetune_encoder=True, train_num_sentences=20, eval_num_sentences=20,
+                        num_envs=2, rollout_steps=2, total_updates=3, warmup_updates=1, eval_every=2,
+                        eval_episodes=2, random_transitions=0)
+    network = QNetwork(config)
+    texts = ["Mary went to the kitchen.", "Mary went to the kitchen.", "Where is Mary?"]
+    expected = network.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert network._piece_ids(texts, 64) == expected == network._piece_ids(texts, 64)
+    start = {name: value.clone() for name, value in network.state_dict().items()}
+
+    clock = iter(range(0, 10_000, 30))  # each reading of the clock is 30 s later: the 1-minute budget ends early
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
+    train(config, tmp_path / "run", max_minutes=1, data_dir=str(small_data_dir), show_progress=False)
+    monkeypatch.undo()
+    stopped = load_trainer(tmp_path / "run")
+    assert 1 <= stopped["updates"] < config.total_updates
+
+    loaded = load_model(tmp_path / "run" / "model")
+    assert any(not torch.equal(start[name], value) for name, value in loaded.state_dict().items())
+    query = (["Where is the football?"], [["John picked up the football."]])
+    chunks, positions = ["John went to the office.", "Mary went to the garden."], torch.tensor([[20.0, 38.0]])
+    trained = QNetwork(config)
+    trained.load_state_dict(loaded.state_dict())
+    with torch.no_grad():
+        a = trained.q_halves(trained.embed_states(*query).unsqueeze(1), trained.embed_chunks(chunks), positions)
+        b = loaded.q_halves(loaded.embed_states(*query).unsqueeze(1), loaded.embed_chunks(chunks), positions)
+    assert torch.equal(a, b)
+
+    metrics = train(config, tmp_path / "run", resume=True, data_dir=str(small_data_dir), show_progress=False)
+    assert set(metrics) >= {"success_at_k", "f1"}
+    state = load_trainer(tmp_path / "run")
+    assert (state["updates"], state["transitions"]) == (3, 3 * config.num_envs * config.rollout_steps)

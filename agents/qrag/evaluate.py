@@ -25,22 +25,26 @@ from qrag_gym.envs.retrieval import RetrievalEnv
 
 
 def validation_env(network: QNetwork, task: str, tokens: int, data_dir: str | None) -> RetrievalEnv:
-    """The validation env of ``task`` at ``tokens`` (HotpotQA questions have their own length)."""
+    """The validation env of ``task`` at ``tokens`` (HotpotQA questions have their own length).
+
+    A fully fine-tuned model embeds the chunk texts itself, so its envs compute no frozen features.
+    """
     config = network.config
+    embedder = None if config.finetune_encoder else config.encoder
     if task.startswith(NIAH_PREFIX):
         return NiahEnv(variant=task[len(NIAH_PREFIX):], context_tokens=tokens, split="validation",
-                       max_steps=config.max_steps, data_dir=data_dir, embedder=config.encoder)
+                       max_steps=config.max_steps, data_dir=data_dir, embedder=embedder)
     if task == "hotpotqa":
-        return HotpotQAEnv(split="validation", data_dir=data_dir, max_steps=config.max_steps, embedder=config.encoder)
+        return HotpotQAEnv(split="validation", data_dir=data_dir, max_steps=config.max_steps, embedder=embedder)
     return BabilongEnv(task=task, context_tokens=tokens, split="validation", max_steps=config.max_steps,
-                       never_terminate=True, data_dir=data_dir, embedder=config.encoder)
+                       never_terminate=True, data_dir=data_dir, embedder=embedder)
 
 
 def evaluate_lengths(model_dir: Path, task: str, lengths: list[int], episodes: int, data_dir: str | None = None,
-                     threshold: float | None = None, shortlist: int | None = None) -> list[dict]:
+                     threshold: float | None = None, shortlist: int | None = None, device: str = "cpu") -> list[dict]:
     """One row of mean metrics per context length (tokens), on the validation split; HotpotQA has one
     natural length, so one row with ``context_tokens`` None."""
-    network = load_model(model_dir)
+    network = load_model(model_dir, device=device)
     rows = []
     for tokens in [None] if task == "hotpotqa" else lengths:
         env = validation_env(network, task, tokens, data_dir)
@@ -59,13 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--threshold", type=float, help="Q-threshold stop (default: the model's, 0.5)")
     parser.add_argument("--data-dir")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args(argv)
     task = args.task or json.loads((args.model / "config.json").read_text())["task"]
     tasks = [NIAH_PREFIX + variant for variant in NIAH_VARIANTS] if task == NIAH_ALL else [task]
     rows = []
     for name in tasks:
-        new = evaluate_lengths(args.model, name, args.lengths, args.episodes, args.data_dir, args.threshold)
+        new = evaluate_lengths(args.model, name, args.lengths, args.episodes, args.data_dir, args.threshold,
+                               device=args.device)
         rows += new
         for row in new:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)

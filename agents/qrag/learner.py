@@ -106,16 +106,17 @@ class StepTensors:
 
     @classmethod
     def build(cls, slots: list[Slot], config: QRAGConfig) -> "StepTensors":
-        width, dim = max(slot.env.num_chunks for slot in slots), slots[0].chunks.shape[-1]
-        chunks = torch.zeros(len(slots), width, dim)
-        target_chunks = torch.zeros(len(slots), width, dim)
+        """Padded on the device of the slots' chunk embeddings (the networks' device)."""
+        width, device = max(slot.env.num_chunks for slot in slots), slots[0].chunks.device
+        chunks = nn.utils.rnn.pad_sequence([slot.chunks for slot in slots], batch_first=True)
+        target_chunks = nn.utils.rnn.pad_sequence([slot.target_chunks for slot in slots], batch_first=True)
         positions = torch.zeros(len(slots), width)
         valid = torch.zeros(len(slots), width, dtype=torch.bool)
         for row, slot in enumerate(slots):
             m = slot.env.num_chunks
-            chunks[row, :m], target_chunks[row, :m] = slot.chunks, slot.target_chunks
             positions[row, :m] = slot.positions(config)
             valid[row, :m] = torch.from_numpy(slot.env.action_masks()[:m])
+        positions, valid = positions.to(device), valid.to(device)
         return cls(chunks, target_chunks, positions, valid)
 
 
@@ -180,13 +181,14 @@ class Learner:
         random_phase = self.transitions < config.random_transitions
         for t in range(steps + 1):
             step = StepTensors.build(self.slots, config)
-            valid, rho = step.valid, step.positions
-            turn = self.online.rotation(rho)
-            target_q = slot_q_halves(self.target, self.slots, step.target_chunks, turn)
+            turn = self.online.rotation(step.positions)
+            # Scores come back to the CPU, where the sampling generator and the returns live.
+            valid, rho = step.valid.cpu(), step.positions.cpu()
+            target_q = slot_q_halves(self.target, self.slots, step.target_chunks, turn).cpu()
             values[t] = soft_value(target_q, valid, self.alpha, config.top_k)
             if t == steps:
                 break
-            online_q = slot_q_halves(self.online, self.slots, step.chunks, turn)
+            online_q = slot_q_halves(self.online, self.slots, step.chunks, turn).cpu()
             if random_phase:
                 scores = torch.rand(valid.shape, generator=self.generator).masked_fill(~valid, -1.0)
                 chosen = scores.argmax(-1)

@@ -114,6 +114,14 @@ def validate(learner: Learner, envs: list[RetrievalEnv], writer: SummaryWriter, 
     return metrics, best
 
 
+def save_checkpoint(learner: Learner, out: Path, best: float) -> None:
+    """The last model and everything ``--resume`` needs: networks, optimiser, schedule, counters."""
+    save_model(learner.online, out / "model")
+    save_trainer(out, {"online": learner.online.state_dict(), "target": learner.target.state_dict(),
+                       "optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
+                       "updates": learner.updates, "transitions": learner.transitions, "best": best})
+
+
 def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resume: bool = False,
           data_dir: str | None = None, show_progress: bool = True) -> dict[str, float]:
     """Train until ``total_updates`` or ``max_minutes``; returns the last validation metrics."""
@@ -159,14 +167,12 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
         if learner.updates % config.eval_every == 0 or last:
             metrics, best = validate(learner, validation, writer, out, best)
         if learner.updates % config.checkpoint_every == 0 or last:
-            save_model(online, out / "model")
-            save_trainer(out, {"online": online.state_dict(), "target": target.state_dict(),
-                               "optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
-                               "updates": learner.updates, "transitions": learner.transitions, "best": best})
+            save_checkpoint(learner, out, best)
     progress.close()
-    if learner.updates % config.eval_every and learner.updates < config.total_updates:  # stopped by the clock
-        metrics, best = validate(learner, validation, writer, out, best)
-    save_model(online, out / "model")
+    if learner.updates < config.total_updates:  # stopped by the clock: validate and keep what was done
+        if learner.updates % config.eval_every:
+            metrics, best = validate(learner, validation, writer, out, best)
+        save_checkpoint(learner, out, best)
     writer.add_scalar("charts/train_minutes", (time.time() - start) / 60, learner.transitions)
     writer.close()
     return metrics
