@@ -72,6 +72,12 @@ class QRAGConfig:
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def env_embedder(self) -> str | None:
+        """The frozen embedder the envs compute observation features with: none for the full build,
+        whose encoders read the chunk texts themselves."""
+        return None if self.finetune_encoder else self.encoder
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 

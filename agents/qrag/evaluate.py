@@ -30,7 +30,7 @@ def validation_env(network: QNetwork, task: str, tokens: int, data_dir: str | No
     A fully fine-tuned model embeds the chunk texts itself, so its envs compute no frozen features.
     """
     config = network.config
-    embedder = None if config.finetune_encoder else config.encoder
+    embedder = config.env_embedder
     if task.startswith(NIAH_PREFIX):
         return NiahEnv(variant=task[len(NIAH_PREFIX):], context_tokens=tokens, split="validation",
                        max_steps=config.max_steps, data_dir=data_dir, embedder=embedder)

@@ -99,15 +99,16 @@ class Batch:
 class StepTensors:
     """The running episodes padded to one width: built once per step, shared by both networks."""
 
-    chunks: torch.Tensor  # online E_a, (B, M, d)
-    target_chunks: torch.Tensor  # target E_a, (B, M, d)
-    positions: torch.Tensor  # (B, M)
-    valid: torch.Tensor  # (B, M) bool
+    chunks: torch.Tensor  # online E_a, (B, M, d), on the networks' device
+    target_chunks: torch.Tensor  # target E_a, (B, M, d), on the networks' device
+    positions: torch.Tensor  # (B, M), CPU
+    valid: torch.Tensor  # (B, M) bool, CPU
 
     @classmethod
     def build(cls, slots: list[Slot], config: QRAGConfig) -> "StepTensors":
-        """Padded on the device of the slots' chunk embeddings (the networks' device)."""
-        width, device = max(slot.env.num_chunks for slot in slots), slots[0].chunks.device
+        """Chunk embeddings padded on the networks' device; positions and masks on the CPU, where the
+        sampling generator and the returns live."""
+        width = max(slot.env.num_chunks for slot in slots)
         chunks = nn.utils.rnn.pad_sequence([slot.chunks for slot in slots], batch_first=True)
         target_chunks = nn.utils.rnn.pad_sequence([slot.target_chunks for slot in slots], batch_first=True)
         positions = torch.zeros(len(slots), width)
@@ -116,7 +117,6 @@ class StepTensors:
             m = slot.env.num_chunks
             positions[row, :m] = slot.positions(config)
             valid[row, :m] = torch.from_numpy(slot.env.action_masks()[:m])
-        positions, valid = positions.to(device), valid.to(device)
         return cls(chunks, target_chunks, positions, valid)
 
 
@@ -181,9 +181,9 @@ class Learner:
         random_phase = self.transitions < config.random_transitions
         for t in range(steps + 1):
             step = StepTensors.build(self.slots, config)
-            turn = self.online.rotation(step.positions)
+            valid, rho = step.valid, step.positions
+            turn = self.online.rotation(rho.to(self.online.device))
             # Scores come back to the CPU, where the sampling generator and the returns live.
-            valid, rho = step.valid.cpu(), step.positions.cpu()
             target_q = slot_q_halves(self.target, self.slots, step.target_chunks, turn).cpu()
             values[t] = soft_value(target_q, valid, self.alpha, config.top_k)
             if t == steps:

@@ -19,11 +19,7 @@ from transformers import AutoModel
 
 from agents.qrag.config import QRAGConfig
 from agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
-from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model
-
-TOKEN_CACHE_SIZE = 500_000
-"""Texts whose token ids the full build keeps (about the sentences of the noise books and bAbI stories
-several times over); the memo is cleared when it would pass this."""
+from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model, token_ids
 
 
 def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
@@ -44,7 +40,6 @@ class QNetwork(nn.Module):
             self.state_encoder = AutoModel.from_pretrained(path)
             self.chunk_encoder = AutoModel.from_pretrained(path)
             self.tokenizer = load_tokenizer(config.encoder)
-            self._token_cache: dict[int, dict[str, list[int]]] = {}
             dim = int(self.state_encoder.config.hidden_size)
         else:
             if embedder is None:
@@ -78,22 +73,8 @@ class QNetwork(nn.Module):
         return mean_pool(hidden, mask) * self.config.embed_scale
 
     def _piece_ids(self, texts: list[str], limit: int) -> list[list[int]]:
-        """Token ids of each text, at most ``limit``, without special tokens.
-
-        Memoised per text: episodes redraw the same book and story sentences, and tokenising them
-        again was most of an update's time on a GPU (1.9 s/update, 60% in the tokenizer).
-        """
-        cache = self._token_cache.setdefault(limit, {})
-        missing = list(dict.fromkeys(text for text in texts if text not in cache))
-        if missing:
-            found = self.tokenizer(missing, add_special_tokens=False, truncation=True, max_length=limit, verbose=False)
-            if len(missing) > TOKEN_CACHE_SIZE:  # one call larger than the memo: serve it without keeping it
-                fresh = dict(zip(missing, found["input_ids"]))
-                return [fresh[text] if text in fresh else cache[text] for text in texts]
-            if len(cache) + len(missing) > TOKEN_CACHE_SIZE:
-                cache.clear()
-            cache.update(zip(missing, found["input_ids"]))
-        return [cache[text] for text in texts]
+        """Token ids of each text, at most ``limit`` (memoised per process, shared with the twin network)."""
+        return token_ids(self.config.encoder, texts, limit)
 
     # ----- the two encoders -----------------------------------------------------------------------
     def embed_chunks(self, texts: list[str]) -> torch.Tensor:

@@ -57,7 +57,7 @@ def make_env(config: QRAGConfig, task: str, split: str, num_sentences: int, data
     of ``train_context_tokens``): episodes end on completion. HotpotQA: never_terminate while training,
     ending on completion for validation (the metrics read the greedy selections, not the reward).
     """
-    embedder = None if config.finetune_encoder else config.encoder
+    embedder = config.env_embedder
     shaping = config.per_fact_reward if split == "train" else 0.0
     if task.startswith(NIAH_PREFIX):
         return NiahEnv(variant=task[len(NIAH_PREFIX):], context_tokens=config.train_context_tokens, split=split,
