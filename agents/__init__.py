@@ -4,6 +4,6 @@
 harness can run. This package depends on ``qrag_gym``; ``qrag_gym`` never imports it.
 """
 
-from agents.base import BUILTIN_AGENTS, Agent, BaseAgent, kept_chunks, make_agent, resolve_agent_class
+from agents.base import BUILTIN_AGENTS, Agent, BaseAgent, make_agent, resolve_agent_class
 
-__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "kept_chunks", "make_agent", "resolve_agent_class"]
+__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "make_agent", "resolve_agent_class"]

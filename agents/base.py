@@ -7,7 +7,12 @@ Everything else is optional and looked up with ``getattr``, so a user's class ne
 - ``learn(env, total_timesteps)``: train on a *training-split* env before evaluation;
 - ``save(path)`` / ``load(path)``;
 - ``kept(info) -> Sequence[int]``: the chunks handed to a reader (e.g. after a Q-threshold stop);
-  precision/recall/F1 and the reader's answer use it. By default, every selection.
+  precision/recall/F1 and the reader's answer use it. By default, every selection: evaluation
+  episodes always run all T steps (:mod:`qrag_gym.evaluation`), so an agent that wants to stop early
+  says so here, from its own signals, never from the gold labels;
+- ``seed_episode(seed)``: called by the evaluation runner before every episode with that episode's
+  reset seed; an agent that draws random numbers (tie-breaks) reseeds here, so its records in a
+  benchmark cell never depend on which cells ran before.
 
 Names: the built-ins in :data:`BUILTIN_AGENTS`, or ``"package.module:ClassName"`` for any class
 importable from the current environment, so a user's agent runs in every benchmark unchanged.
@@ -98,10 +103,4 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
     return cls(**accepted)
 
 
-def kept_chunks(agent: Agent, info: dict[str, Any]) -> list[int]:
-    """``agent.kept(info)`` when the agent defines it, else every selection."""
-    kept = getattr(agent, "kept", None)
-    return list(kept(info)) if callable(kept) else list(info["selected_order"])
-
-
-__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "kept_chunks", "make_agent", "resolve_agent_class"]
+__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "make_agent", "resolve_agent_class"]

@@ -3,7 +3,7 @@
 Each length runs in its own process (so ``ru_maxrss`` is that length's peak memory) and measures,
 in order:
 
-1. ``end_to_end_s``: ``greedy_episode(..., shortlist=k)`` from a fresh reset with the warm disk
+1. ``end_to_end_s``: one evaluation episode of ``QRAGAgent(shortlist=k)`` (``run_episode``) from a fresh reset with the warm disk
    cache and an empty memory cache: build + encode + every greedy step (6), what a user waits for.
 2. ``build_s``: ``env.reset`` (median of ``--repeats``).
 3. ``encode_warm_s``: every chunk through the network's chunk side with the disk cache warm
@@ -39,11 +39,13 @@ import torch
 
 import qrag_gym  # noqa: F401  (registers the envs)
 from agents.qrag.config import cpu_config
-from agents.qrag.inference import embed_document, greedy_episode, shortlist_step, step_q_values
+from agents.qrag.agent import QRAGAgent
+from agents.qrag.inference import embed_document, shortlist_step, step_q_values
 from agents.qrag.networks import QNetwork
 from benchmarks.results_io import RESULTS_DIR, markdown_table, write_atomic, write_json
 from qrag_gym.atomic import atomic_write
 from qrag_gym.embedding import TextEmbedder
+from qrag_gym.evaluation import run_episode
 from qrag_gym.shortlist import ChunkIndex
 
 LENGTHS = (1_000, 32_000, 128_000, 1_000_000, 10_000_000)
@@ -69,7 +71,8 @@ def measure(tokens: int, args: argparse.Namespace) -> dict:
     base = env.unwrapped
     embedder, cache_load_s = _timed(TextEmbedder)
     network = QNetwork(cpu_config(), embedder).eval()
-    episode, end_to_end_s = _timed(lambda: greedy_episode(network, base, seed=args.seed, shortlist=args.k))
+    agent = QRAGAgent(network=network, shortlist=args.k)
+    episode, end_to_end_s = _timed(lambda: run_episode(agent, env, args.seed, args.task))
     builds = [_timed(lambda: base.reset(seed=args.seed + i))[1] for i in range(args.repeats)]
     base.reset(seed=args.seed)
     chunks_text = base.chunks
@@ -99,7 +102,7 @@ def measure(tokens: int, args: argparse.Namespace) -> dict:
     return {
         "tokens": tokens, "measured_tokens": base.episode.num_tokens, "chunks": len(chunks_text),
         "distinct_texts": len(distinct), "source_load_s": source_s, "cache_load_s": cache_load_s,
-        "end_to_end_s": end_to_end_s, "end_to_end_steps": len(episode.selected),
+        "end_to_end_s": end_to_end_s, "end_to_end_steps": len(episode["selected"]),
         "build_s": statistics.median(builds), "encode_warm_s": encode_warm_s,
         "encode_cold_s": encode_cold_s, "cold_extrapolated": extrapolated, "cold_sample": len(sample),
         "index_s": index_s, "step_full_s": statistics.median(full), "step_shortlist_s": statistics.median(short),

@@ -23,12 +23,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from benchmarks.results_io import write_atomic, write_json  # noqa: E402
+from qrag_gym.metrics import wilson_interval  # noqa: E402
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS  # noqa: E402
 
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json.gz", "episodes.csv.gz", "summary.md", "success_vs_length.png", "run.json")
 SUMMARY_METRICS = (("success_at_k", "success@k"), ("success_at_t", "success@T"), ("answer_correct", "answer accuracy"),
-                   ("f1", "F1"), ("seconds", "seconds per episode"))
+                   ("f1", "F1"), ("num_kept", "chunks kept"), ("seconds", "seconds per episode"))
+RATES = frozenset({"success_at_k", "success_at_t", "answer_correct"})
+"""Metrics shown with their Wilson 95% interval (per-episode values in [0, 1])."""
 
 
 def write_gzip(path: Path, text: str) -> None:
@@ -57,6 +60,12 @@ def cell_means(records: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str
         if record.get(metric) is not None:
             values[(record["agent"], record["task"], record["length"])].append(float(record[metric]))
     return {key: (float(np.mean(v)), len(v)) for key, v in values.items()}
+
+
+def rate_text(mean: float, count: int) -> str:
+    """A success rate with its Wilson 95% interval: ``0.59 [0.49, 0.68]``."""
+    low, high = wilson_interval(mean * count, count)
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
 FAMILY_TITLES = {"babilong": "BABILong", "niah": "RULER NIAH", "hotpotqa": "HotpotQA"}
@@ -117,9 +126,13 @@ def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
     agents, tasks, lengths = _orders(records)
     families = _families(tasks)
     counts = cell_means(records, "success_at_k")
+    splits = sorted({str(r.get("split")) for r in records})
     lines = ["# Benchmark summary", "",
-             f"{len(records)} episodes on {', '.join(sorted({r['source'] for r in records}))}; "
-             "each cell is the mean over its episodes (n in the last table).", ""]
+             f"{len(records)} episodes on {', '.join(sorted({r['source'] for r in records}))} (splits: "
+             f"{', '.join(splits)}); each cell is the mean over its episodes (n in the last table), success "
+             "rates with their Wilson 95% interval in brackets. Every episode ran to the step budget T; "
+             "precision/recall/F1 and the answer read the chunks the agent kept (Q-RAG: before its "
+             "Q-threshold stop; the baselines: all T picks; the oracle: the supporting facts).", ""]
     headed = len(families) > 1 or families[0][0] != "babilong"
     if headed:
         lines += ["Answer scores: BABILong, the exact bAbI reader on the kept chunks; NIAH, RULER string match of "
@@ -139,8 +152,14 @@ def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
         if not means:
             continue
         digits = 3 if metric == "seconds" else 2
-        body = sections(title, lambda a, t, n, means=means, digits=digits:
-                        f"{means[(a, t, n)][0]:.{digits}f}" if (a, t, n) in means else "–")
+
+        def text(a: str, t: str, n: str, means=means, digits=digits, metric=metric) -> str:
+            if (a, t, n) not in means:
+                return "–"
+            mean, count = means[(a, t, n)]
+            return rate_text(mean, count) if metric in RATES else f"{mean:.{digits}f}"
+
+        body = sections(title, text)
         if metric == "seconds":
             body[2:2] = ["Time in the agent and env steps. It includes encoding whatever the embedder's caches (in "
                          "memory per process, and on disk) did not hold yet, so it shows cache warmth as much as "
@@ -151,7 +170,8 @@ def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
-    """success@k against context length (log scale), one panel per task, one line per agent.
+    """success@k against context length (log scale), one panel per task, one line per agent, with
+    Wilson 95% intervals as error bars.
 
     Panels go at most :data:`PLOT_COLUMNS` to a row, each task family starting a new row; tasks with
     one natural length (HotpotQA) have no curve and are left to the summary table.
@@ -174,10 +194,13 @@ def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
             axis.set_visible(False)
     for axis, task in ((axes[r][c], task) for r, row in enumerate(rows) for c, task in enumerate(row)):
         for index, agent in enumerate(agents):
-            points = [(tokens[n], means[(agent, task, n)][0]) for n in lengths if (agent, task, n) in means]
+            points = [(tokens[n], *means[(agent, task, n)]) for n in lengths if (agent, task, n) in means]
             if points:  # distinct markers and dashes: agents that tie (dense vs multi-step at k=1) stay visible
                 marker, line = styles[index % len(styles)]
-                axis.plot(*zip(*points), marker=marker, linestyle=line, markersize=5, alpha=0.85, label=agent)
+                x, y, n = (np.array(v, dtype=float) for v in zip(*points))
+                low, high = np.array([wilson_interval(m * c, int(c)) for m, c in zip(y, n)]).T
+                axis.errorbar(x, y, yerr=[y - low, high - y], marker=marker, linestyle=line, markersize=5,
+                              alpha=0.85, capsize=2, label=agent)
         axis.set_xscale("log")
         task_lengths = [n for n in lengths if any((a, task, n) in means for a in agents)]
         axis.set_xticks([tokens[n] for n in task_lengths], task_lengths)
@@ -243,7 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Merge benchmark runs into one set of outputs (JSON, CSV, table, plot).")
     parser.add_argument("out", type=Path, help="folder to write the merged outputs to")
     parser.add_argument("runs", type=Path, nargs="+", help=f"run folders holding {EPISODES_JSON}")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results already in OUT")
     args = parser.parse_args(argv)
+    if not args.overwrite and ((args.out / EPISODES_JSON).exists() or (args.out / RUN_JSON).exists()):
+        parser.error(f"{args.out} already holds results: pass --overwrite to replace them with the merge")
     try:
         count = merge_runs(args.out, args.runs)
     except FileNotFoundError as err:

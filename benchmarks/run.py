@@ -1,4 +1,4 @@
-"""``qrag-bench`` / ``python -m benchmarks.run``: agents x tasks x lengths x seeds on the validation split.
+"""``qrag-bench`` / ``python -m benchmarks.run``: agents x tasks x lengths x seeds on held-out data.
 
     qrag-bench --quick                                   # offline, a few minutes on 2 CPU cores
     qrag-bench --agents dense-multistep my_pkg.mine:MyAgent --tasks qa2 --lengths 4K 128K --episodes 50
@@ -7,15 +7,25 @@
 Tasks: BABILong ``qa1``..``qa5``, RULER NIAH ``niah:<variant>`` (single_1..3, multikey_1..3, multivalue,
 multiquery) and ``hotpotqa`` (one natural length, recorded as ``doc``; no answer metric without an LLM).
 
+Every episode goes through the one evaluation runner (:mod:`qrag_gym.evaluation`): it runs to the
+step budget T, the agent decides what it keeps, and a cell is a pure function of (agent, task,
+length, seed, settings). BABILong is reported on the official bAbI test stories with held-out books
+(``--split auto``: the test files when the data folder has them, else the validation stories with a
+notice); NIAH and HotpotQA on their validation split.
+
 Cells run shortest length first, and the outputs in ``--out`` are rewritten after every finished
-cell (see :mod:`benchmarks.report`); ``--resume`` skips the cells a previous run there finished.
-Agents with a ``learn`` method are trained once per task and seed on the *train* split at
-``--train-length``, then evaluated at every length.
+cell (see :mod:`benchmarks.report`). A folder that already holds results is refused unless
+``--resume`` (keep the finished cells run under the same settings, drop and re-run the others) or
+``--overwrite``. Agents with a ``learn`` method are trained once per task and seed on the *train*
+split at ``--train-length``, then evaluated at every length.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
+import json
 import platform
 import sys
 import time
@@ -29,10 +39,10 @@ from tqdm.auto import tqdm
 
 import qrag_gym
 from agents.base import Agent, make_agent, resolve_agent_class
-from benchmarks.harness import (ENV_IDS, NATURAL_LENGTH, READERS, TASK_NAMES, Cell, env_kwargs, has_lengths,
-                                parse_length, run_cell, task_family)
-from benchmarks.report import load_records, write_outputs
+from benchmarks.report import EPISODES_JSON, RUN_JSON, load_records, write_outputs
 from qrag_gym.data.babi import TASKS
+from qrag_gym.evaluation import Cell, make_eval_env, plan_cells, resolve_split, run_cell
+from qrag_gym.tasks import ENV_IDS, READERS, TASK_NAMES, env_kwargs, parse_length, task_family
 
 ENV_ID = ENV_IDS["babilong"]
 CHEAP_AGENTS = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
@@ -55,14 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes-at", nargs="*", default=[], metavar="LENGTH=N",
                         help="episodes per cell at given lengths, e.g. 128K=20 1M=5")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--split", choices=("auto", "test", "validation"), default="auto",
+                        help="auto: the official bAbI test stories where the data folder has them (else validation, "
+                             "with a notice); NIAH and HotpotQA: validation")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="env step budget T (default: each env's own: 6 bAbI, 5 NIAH, 2 HotpotQA)")
     parser.add_argument("--train-steps", type=int, default=3_000, help="timesteps for agents that learn")
     parser.add_argument("--train-length", default="1K", help="context length of the training episodes")
     parser.add_argument("--data-dir", default=None, help="folder with babi/en-10k and noise/gutenberg "
                         "(default: $QRAG_DATA_DIR, then the user data folder)")
+    parser.add_argument("--qrag-models", default="runs", metavar="DIR",
+                        help="the qrag agent loads DIR/<task>/best (NIAH variants fall back to DIR/niah/best)")
+    parser.add_argument("--shortlist", type=int, default=None, metavar="K",
+                        help="qrag: certified faiss shortlist of K per position bucket on documents of 16,384+ chunks")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
-    parser.add_argument("--resume", action="store_true", help="keep the finished cells found in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished cells in --out that ran under the same settings; run the rest")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return parser
 
@@ -75,6 +94,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be at least 1, got {args.episodes}")
+    if any(seed < 0 for seed in args.seeds):
+        parser.error(f"--seeds must be non-negative, got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.shortlist is not None and args.shortlist < 1:
+        parser.error(f"--shortlist must be at least 1, got {args.shortlist}")
+    if args.resume and args.overwrite:
+        parser.error("--resume keeps the results in --out and --overwrite replaces them: give one")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; name a folder")
+    if not (args.resume or args.overwrite) and ((args.out / EPISODES_JSON).exists() or (args.out / RUN_JSON).exists()):
+        parser.error(f"--out {args.out} already holds benchmark results: pass --resume to keep its finished cells "
+                     "and run the rest, or --overwrite to replace them")
     try:
         args.lengths = [parse_length(text) for text in args.lengths]
         args.train_length = parse_length(args.train_length)
@@ -96,18 +130,39 @@ def _override(text: str) -> tuple[str, int]:
 
 
 def make_env(task: str, tokens: int | None, split: str, args: argparse.Namespace) -> gym.Env:
-    extra = {} if args.max_steps is None else {"max_steps": args.max_steps}
-    return gym.make(ENV_IDS[task_family(task)], **env_kwargs(task, tokens, split), data_dir=args.data_dir, **extra)
+    """A held-out evaluation env (run to T) or, for ``split="train"``, the env agents learn on."""
+    if split == "train":
+        extra = {} if args.max_steps is None else {"max_steps": args.max_steps}
+        return gym.make(ENV_IDS[task_family(task)], **env_kwargs(task, tokens, "train"), data_dir=args.data_dir, **extra)
+    return make_eval_env(task, tokens, split, max_steps=args.max_steps, data_dir=args.data_dir)
 
 
 def plan(args: argparse.Namespace) -> list[Cell]:
-    """Every cell, shortest length first (long contexts are the expensive, last ones); a task with one
-    natural length (HotpotQA) gets one cell per agent and seed, length :data:`NATURAL_LENGTH`, first."""
-    natural = [Cell(agent, task, NATURAL_LENGTH, None, seed, args.episodes_at.get(NATURAL_LENGTH, args.episodes))
-               for task in args.tasks if not has_lengths(task) for seed in args.seeds for agent in args.agents]
-    return natural + [Cell(agent, task, label, tokens, seed, args.episodes_at.get(label, args.episodes))
-                      for label, tokens in sorted(args.lengths, key=lambda length: length[1])
-                      for task in args.tasks if has_lengths(task) for seed in args.seeds for agent in args.agents]
+    """Every cell of the run (:func:`qrag_gym.evaluation.plan_cells`)."""
+    return plan_cells(args.agents, args.tasks, args.lengths, args.seeds, args.episodes, args.episodes_at)
+
+
+def agent_kwargs(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments the agent's constructor accepts, of those the harness offers."""
+    offered = {"seed": seed, "total_timesteps": args.train_steps, "models_dir": args.qrag_models,
+               "shortlist": args.shortlist}
+    parameters = inspect.signature(resolve_agent_class(name)).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return {key: value for key, value in offered.items() if takes_any or key in parameters}
+
+
+def cell_settings(agent: str, task: str, args: argparse.Namespace, splits: dict[str, str]) -> dict[str, Any]:
+    """Everything besides (agent, task, length, seed) that a cell's records depend on."""
+    settings: dict[str, Any] = {"split": splits[task], "max_steps": args.max_steps,
+                                "agent_kwargs": {k: v for k, v in agent_kwargs(agent, 0, args).items() if k != "seed"}}
+    if callable(getattr(resolve_agent_class(agent), "learn", None)):
+        settings["train_length"] = args.train_length[1]
+    return settings
+
+
+def settings_id(settings: dict[str, Any]) -> str:
+    """A short, stable fingerprint of a cell's settings, stored in each of its records."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def trained_agent(cell: Cell, args: argparse.Namespace, cache: dict[tuple[str, str, int], Agent],
@@ -115,7 +170,7 @@ def trained_agent(cell: Cell, args: argparse.Namespace, cache: dict[tuple[str, s
     """The cell's agent: built once per (agent, task, seed) and, if it learns, trained on the train split."""
     key = (cell.agent, cell.task, cell.seed)
     if key not in cache:
-        agent = make_agent(cell.agent, seed=cell.seed, total_timesteps=args.train_steps)
+        agent = make_agent(cell.agent, **agent_kwargs(cell.agent, cell.seed, args))
         if callable(getattr(agent, "learn", None)):
             start = time.perf_counter()
             agent.learn(make_env(cell.task, args.train_length[1], "train", args), args.train_steps)
@@ -124,18 +179,26 @@ def trained_agent(cell: Cell, args: argparse.Namespace, cache: dict[tuple[str, s
     return cache[key]
 
 
-def kept_from_before(records: list[dict[str, Any]], cells: list[Cell]) -> tuple[list[dict[str, Any]], set]:
-    """Earlier records worth keeping: finished planned cells, and cells this run does not plan at all.
+def kept_from_before(records: list[dict[str, Any]], cells: list[Cell], current: dict[tuple[str, str], str]
+                     ) -> tuple[list[dict[str, Any]], set, list[str]]:
+    """Earlier records worth keeping, the planned cells they finish, and a line per dropped cell.
 
-    A planned cell with fewer episodes than asked (an interrupted cell) is dropped and run again.
+    A record is kept when it ran under the settings this run would use for its (agent, task)
+    (``current`` maps those to a settings id) and its cell is finished or not planned now. A planned
+    cell with fewer episodes than asked (an interrupted cell) is dropped and run again.
     """
     def key(record: dict[str, Any]) -> tuple[str, str, str, int]:
         return (record["agent"], record["task"], record["length"], record["seed"])
 
-    counts = Counter(key(record) for record in records)
+    same = [r for r in records if r.get("settings_id") == current.get((r["agent"], r["task"]))]
+    other = sorted({key(r) for r in records} - {key(r) for r in same})
+    counts = Counter(key(record) for record in same)
     finished = {cell.key for cell in cells if counts[cell.key] >= cell.episodes}
     planned = {cell.key for cell in cells}
-    return [r for r in records if key(r) in finished or key(r) not in planned], finished
+    partial = sorted(k for k in planned if 0 < counts[k] and k not in finished)
+    dropped = [f"{a} {t} {n} seed {s}: run under other settings" for a, t, n, s in other]
+    dropped += [f"{a} {t} {n} seed {s}: unfinished ({counts[(a, t, n, s)]} episodes)" for a, t, n, s in partial]
+    return [r for r in same if key(r) in finished or key(r) not in planned], finished, dropped
 
 
 def _env_info(tasks: Sequence[str]) -> dict[str, Any]:
@@ -151,13 +214,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cells = plan(args)
-    records, finished = kept_from_before(load_records(args.out) if args.resume else [], cells)
+    earlier = load_records(args.out) if args.resume else []
+    tasks = list(dict.fromkeys([*args.tasks, *(r["task"] for r in earlier)]))
+    splits = {task: resolve_split(task, args.split, args.data_dir) for task in tasks}
+    pairs = {(cell.agent, cell.task) for cell in cells} | {(r["agent"], r["task"]) for r in earlier}
+    current = {}
+    for agent, task in pairs:
+        try:
+            current[(agent, task)] = settings_id(cell_settings(agent, task, args, splits))
+        except ValueError:  # an agent of an earlier run that this environment cannot import
+            current[(agent, task)] = None
+    records, finished, dropped = kept_from_before(earlier, cells, current)
+    for line in dropped:
+        print(f"--resume drops {line}", file=sys.stderr)
     todo = [cell for cell in cells if cell.key not in finished]
     run_info: dict[str, Any] = {
         "command": ["qrag-bench", *(argv if argv is not None else sys.argv[1:])], **_env_info(args.tasks),
         "qrag_gym": qrag_gym.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
-        "train_seconds": {},
-        "cells_planned": len(cells), "cells_skipped_as_finished": len(cells) - len(todo)}
+        "train_seconds": {}, "splits": {task: splits[task] for task in args.tasks},
+        "settings": {f"{a}/{t}": cell_settings(a, t, args, splits) for a, t in sorted({(c.agent, c.task) for c in cells})},
+        "cells_planned": len(cells), "cells_skipped_as_finished": len(cells) - len(todo),
+        "cells_dropped_on_resume": dropped}
     envs: dict[tuple[str, int | None], gym.Env] = {}
     agents: dict[tuple[str, str, int], Agent] = {}
     with tqdm(total=sum(c.episodes for c in todo), unit="ep", dynamic_ncols=True) as bar:
@@ -165,9 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.set_description(f"{cell.agent} {cell.task} {cell.length} seed {cell.seed}")
             agent = trained_agent(cell, args, agents, run_info)
             if (cell.task, cell.tokens) not in envs:
-                envs[(cell.task, cell.tokens)] = make_env(cell.task, cell.tokens, "validation", args)
+                envs[(cell.task, cell.tokens)] = make_env(cell.task, cell.tokens, splits[cell.task], args)
             env = envs[(cell.task, cell.tokens)]
-            records += run_cell(cell, agent, env, on_episode=lambda: bar.update(1))
+            stamp = current[(cell.agent, cell.task)]
+            records += [{**r, "settings_id": stamp} for r in run_cell(cell, agent, env, on_episode=lambda: bar.update(1))]
             run_info["cells_done"] = run_info.get("cells_done", 0) + 1
             write_outputs(args.out, records, run_info)
     print(f"{len(todo)} cells run, {len(cells) - len(todo)} kept from before; outputs in {args.out}/")

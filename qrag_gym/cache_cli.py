@@ -12,16 +12,17 @@ WARM_BATCH = 2048
 
 
 def warm(model: str | None, data_dir: str | None) -> int:
-    """Encode every book sentence and bAbI statement of the data folder once, persisting as it goes."""
-    from qrag_gym.data.babi import TASKS, load_babi_task
+    """Encode every book sentence and bAbI statement (train and test files) of the data folder once, persisting as it goes."""
+    from qrag_gym.data.babi import TASKS, load_babi_task, task_path
     from qrag_gym.data.noise import load_book_corpus
     from qrag_gym.data.paths import require_data_subdir
     from qrag_gym.embedding import TextEmbedder
 
     texts = set(load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), "all").sentences)
     babi_dir = require_data_subdir("babi/en-10k", data_dir)
-    for task in TASKS:
-        texts.update(f for s in load_babi_task(babi_dir, task) for f in s.facts)
+    for task, part in ((task, part) for task in TASKS for part in ("train", "test")):
+        if task_path(babi_dir, task, part).is_file():  # the official test stories, where present
+            texts.update(f for s in load_babi_task(babi_dir, task, part) for f in s.facts)
     embedder = TextEmbedder(model)
     assert embedder.disk is not None
     todo = sorted(t for t, hit in zip(texts, embedder.disk.lookup(list(texts))[0]) if not hit)

@@ -14,6 +14,7 @@ Answer metrics for readers: RULER's string match (NIAH) and SQuAD-normalised exa
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -45,6 +46,18 @@ def retrieval_metrics(
         "f1": f1,
         "steps": float(len(selected_order)),
     }
+
+
+def wilson_interval(successes: float, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a success rate: unlike the normal approximation it stays inside
+    [0, 1] and does not collapse to zero width at 0/n or n/n, which small benchmark cells often are."""
+    if trials <= 0:
+        raise ValueError(f"wilson_interval needs at least one trial, got {trials}")
+    rate = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (rate + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ----- answer metrics (readers) ------------------------------------------------------------------------

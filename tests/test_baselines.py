@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agents import BUILTIN_AGENTS, BaseAgent, make_agent, resolve_agent_class
-from benchmarks.harness import Cell, run_cell
+from qrag_gym.evaluation import Cell, run_cell
 from conftest import play_checking_valid_actions
 
 CHEAP = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
@@ -47,13 +47,14 @@ def test_registry_errors_name_the_problem(name: str, message: str) -> None:
 def test_custom_agent_runs_by_module_name(make_env) -> None:
     agent = make_agent(f"{__name__}:FirstAvailableAgent", seed=3)  # seed is dropped: __init__ takes none
     assert isinstance(agent, FirstAvailableAgent)
-    records = run_cell(Cell(f"{__name__}:FirstAvailableAgent", "qa1", "1K", 1_000, 0, 3), agent, make_env())
+    records = run_cell(Cell(f"{__name__}:FirstAvailableAgent", "qa1", "1K", 1_000, 0, 3), agent,
+                       make_env(never_terminate=True))
     assert [r["steps"] >= 1 for r in records] == [True] * 3
 
 
 @pytest.mark.parametrize("task", ["qa1", "qa2", "qa3"])
 def test_oracle_is_the_upper_bound(make_env, task: str) -> None:
-    assert success("oracle", make_env(task), task, 10)["success_at_k"] == 1.0
+    assert success("oracle", make_env(task, never_terminate=True), task, 10)["success_at_k"] == 1.0
 
 
 @pytest.mark.parametrize("name", CHEAP)
@@ -64,7 +65,7 @@ def test_baselines_only_take_valid_actions(make_env, name: str) -> None:
 
 @pytest.mark.slow
 def test_retrievers_beat_random_on_qa1(make_env) -> None:
-    env = make_env("qa1")
+    env = make_env("qa1", never_terminate=True)
     chance = success("random", env, "qa1", 30)["success_at_k"]
     for name in ("bm25", "bm25-multistep", "dense", "dense-multistep"):
         scores = success(name, env, "qa1", 30)

@@ -13,10 +13,9 @@ import pytest
 
 from agents import BaseAgent
 from benchmarks import report
-from benchmarks.harness import parse_length
 from benchmarks.qa1_first_step import position_slope
-from benchmarks.qrag_lengths import ci95, lengths_table
 from benchmarks.run import QUICK, main, parse_args
+from qrag_gym.tasks import parse_length
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,6 +41,12 @@ def test_parse_length(text: str, expected: tuple[str, int]) -> None:
     (["--tasks", "qa9"], "unknown task 'qa9'"),
     (["--tasks", "niah:single_9"], "unknown task 'niah:single_9'"),
     (["--tasks", "niah"], "niah:multivalue"),  # the error lists the accepted names
+    (["--lengths", "inf"], "bad length 'inf'"),
+    (["--lengths", str(10**12)], "must be between 1 and"),
+    (["--seeds", "-1"], "--seeds must be non-negative"),
+    (["--threads", "-1"], "--threads must be at least 1"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--resume", "--overwrite"], "give one"),
 ])
 def test_bad_arguments_are_named(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit):
@@ -60,7 +65,7 @@ def test_write_atomic_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_bytes() == b"two"
 
 
-def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path) -> None:
+def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path, capsys) -> None:
     agents = ["random", "oracle", f"{__name__}:LastAvailableAgent"]
     argv = ["--agents", *agents, "--tasks", "qa1", "qa2", "--lengths", "1K", "--episodes", "3",
             "--data-dir", str(data_dir), "--out", str(tmp_path)]
@@ -72,10 +77,17 @@ def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path
     with gzip.open(tmp_path / report.EPISODES_CSV, "rt") as stream:
         assert len(list(csv.DictReader(stream))) == len(records)
     summary = (tmp_path / report.SUMMARY_MD).read_text()
-    assert "| oracle | 1K | 1.00 | 1.00 |" in summary
+    assert "| oracle | 1K | 1.00 [0.44, 1.00] | 1.00 [0.44, 1.00] |" in summary  # Wilson 95% of 3/3
     assert (tmp_path / report.PLOT_PNG).read_bytes().startswith(b"\x89PNG")
     oracle = [r for r in records if r["agent"] == "oracle"]
     assert all(r["success_at_k"] == 1.0 and r["f1"] == 1.0 and r["answer_correct"] == 1.0 for r in oracle)
+    assert {r["split"] for r in records} == {"test"} and all(r["steps"] == 6 for r in records)
+
+    # a folder that holds results is refused without --resume or --overwrite, and is left as it was
+    before = (tmp_path / report.EPISODES_JSON).read_bytes()
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "--resume" in capsys.readouterr().err and (tmp_path / report.EPISODES_JSON).read_bytes() == before
 
     # an interrupted cell (fewer episodes than asked) is run again; finished cells are kept as they are
     cut = [r for r in records if not (r["agent"] == "random" and r["task"] == "qa2" and r["episode"] == 2)]
@@ -84,8 +96,28 @@ def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path
     again = report.load_records(tmp_path)
     assert len(again) == len(records)
     assert json.loads((tmp_path / report.RUN_JSON).read_text())["cells_skipped_as_finished"] == 5
-    key = lambda r: (r["agent"], r["task"], r["episode"], r["success_at_k"], r["steps"])  # noqa: E731
-    assert sorted(map(key, again)) == sorted(map(key, records))  # same episodes, same seeds, same results
+    drop_time = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    order = lambda r: (r["agent"], r["task"], r["episode"])  # noqa: E731
+    # the re-run cell gives the records the first run gave: same seeds, tie-breaks reseeded per episode
+    assert [drop_time(r) for r in sorted(again, key=order)] == [drop_time(r) for r in sorted(records, key=order)]
+
+    # cells run under other settings are dropped and re-run, and the run says which
+    assert main([*argv, "--resume", "--max-steps", "2"]) == 0
+    assert "--resume drops random qa1 1K seed 0: run under other settings" in capsys.readouterr().err
+    changed = report.load_records(tmp_path)
+    assert len(changed) == len(records) and all(r["steps"] == 2 for r in changed)
+    assert len(json.loads((tmp_path / report.RUN_JSON).read_text())["cells_dropped_on_resume"]) == 6
+
+    assert main([*argv, "--overwrite"]) == 0  # an explicit --overwrite replaces them
+    assert all(r["steps"] == 6 for r in report.load_records(tmp_path))
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "results.txt"
+    target.write_text("mine")
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(target)])
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "mine"
 
 
 def test_merge_runs_combines_folders(tmp_path: Path) -> None:
@@ -94,7 +126,11 @@ def test_merge_runs_combines_folders(tmp_path: Path) -> None:
     for name in ("a", "b"):
         report.write_records(tmp_path / name / report.EPISODES_JSON, [{**base, "agent": name}])
     assert report.main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
-    assert "| b | 1K | 1.00 |" in (tmp_path / "out" / report.SUMMARY_MD).read_text()
+    assert "| b | 1K | 1.00 [0.21, 1.00] |" in (tmp_path / "out" / report.SUMMARY_MD).read_text()
+    with pytest.raises(SystemExit):  # a folder with results is only replaced when asked
+        report.main([str(tmp_path / "out"), str(tmp_path / "a")])
+    assert "| b | 1K |" in (tmp_path / "out" / report.SUMMARY_MD).read_text()
+    assert report.main([str(tmp_path / "out"), str(tmp_path / "a"), "--overwrite"]) == 0
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "out2"), str(tmp_path / "missing")])
 
@@ -120,25 +156,18 @@ def test_niah_and_hotpotqa_run_in_one_harness_run(data_dir: Path, tmp_path: Path
     for r in records:  # the oracle keeps every needle / supporting paragraph; NIAH's reader then finds every value
         if r["agent"] == "oracle":
             assert r["success_at_k"] == 1.0 and r["f1"] == 1.0 and (r["task"] == "hotpotqa" or r["answer_correct"] == 1.0)
-    # HotpotQA walks its validation questions in order: three different questions, the same for every agent
+    # HotpotQA walks its validation questions in a fixed order: three different questions, the same for every agent
     docs = {a: [(r["num_chunks"], r["num_tokens"]) for r in hotpot if r["agent"] == a] for a in agents}
     assert len(set(docs["oracle"])) == 3 and docs["random"] == docs["oracle"] == docs["bm25-multistep"]
     summary = (tmp_path / report.SUMMARY_MD).read_text()
     assert "### RULER NIAH" in summary and "### HotpotQA" in summary and "| single_1 |" in summary
-    assert "| oracle | 1K | 1.00 |" in summary and "| oracle | doc | 1.00 |" in summary
+    assert "| oracle | 1K | 1.00 [0.44, 1.00] |" in summary and "| oracle | doc | 1.00 [0.44, 1.00] |" in summary
     answers = summary.split("## answer accuracy")[1].split("## F1")[0]
-    assert "| oracle | doc | – |" in answers and "| oracle | 1K | 1.00 |" in answers
+    assert "| oracle | doc | – |" in answers and "| oracle | 1K | 1.00 [0.44, 1.00] |" in answers
+    assert all(r["steps"] == (2 if r["task"] == "hotpotqa" else 5) for r in records)  # every episode ran to T
     assert (tmp_path / report.PLOT_PNG).read_bytes().startswith(b"\x89PNG")
     info = json.loads((tmp_path / report.RUN_JSON).read_text())
     assert info["env_id"] == {"niah": "QRAG-NIAH-v0", "hotpotqa": "QRAG-HotpotQA-v0"}
-
-
-def test_lengths_table_reports_the_interval_of_success_at_k() -> None:
-    assert ci95(0.5, 100) == pytest.approx(0.098, abs=1e-3)
-    assert ci95(1.0, 30) == 0.0
-    row = {"task": "qa1", "context_tokens": 4000, "episodes": 100, "success_at_k": 0.5, "success_at_t": 1.0,
-           "f1": 0.9, "kept": 1.1, "answer_accuracy": 1.0, "seconds_per_episode": 0.01}
-    assert "| qa1 | 4,000 | 100 | 0.500 | 0.098 | 1.000 |" in lengths_table([row])
 
 
 def test_position_slope_separates_trend_from_noise() -> None:

@@ -10,10 +10,12 @@ import torch
 import qrag_gym  # noqa: F401  (registers the envs)
 from agents.qrag import inference
 from agents.qrag.config import cpu_config
-from agents.qrag.inference import embed_document, greedy_episode, rotation_bounds, shortlist_step, step_q_values
+from agents.qrag.agent import QRAGAgent
+from agents.qrag.inference import embed_document, rotation_bounds, shortlist_step, step_q_values
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import rotary_frequencies, rotate
 from qrag_gym.embedding import TextEmbedder, shared_embedder
+from qrag_gym.evaluation import run_episode
 from qrag_gym.shortlist import ChunkIndex, certified_argmax
 
 SENTENCES = 2_000
@@ -57,13 +59,16 @@ def test_shortlist_matches_full_scan_on_real_episode(env: gym.Env, integer: bool
         mask[action] = False
 
 
-def test_greedy_episode_same_with_and_without_shortlist(env: gym.Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_qrag_episode_same_with_and_without_shortlist(small_data_dir, monkeypatch: pytest.MonkeyPatch) -> None:
     network = _network(integer=False, perturbed=True)
-    full = greedy_episode(network, env.unwrapped, seed=5)
+    env = gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=SENTENCES, data_dir=str(small_data_dir),
+                   source="real", never_terminate=True)
+    full_agent, short_agent = QRAGAgent(network=network), QRAGAgent(network=network, shortlist=8)
+    full = run_episode(full_agent, env, 5)
     monkeypatch.setattr(inference, "SHORTLIST_MIN_CHUNKS", 0)
-    short = greedy_episode(network, env.unwrapped, seed=5, shortlist=8)
-    assert short.selected == full.selected
-    np.testing.assert_allclose(short.max_q, full.max_q, atol=1e-5)
+    short = run_episode(short_agent, env, 5)
+    assert short["selected"] == full["selected"] and short["kept"] == full["kept"]
+    np.testing.assert_allclose(short_agent._max_q, full_agent._max_q, atol=1e-5)
 
 
 def test_dense_inner_product_shortlist(env: gym.Env) -> None:

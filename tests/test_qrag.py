@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -12,17 +13,20 @@ import torch
 from agents.qrag.agent import QRAGAgent
 from agents.qrag.checkpoint import load_model, load_trainer, save_model
 from agents.qrag.config import cpu_config, task_settings
-from agents.qrag.evaluate import validation_env
-from agents.qrag.inference import evaluate, keep_until_threshold
+from agents.qrag.evaluate import main as evaluate_main
+from agents.qrag.inference import keep_until_threshold
 from agents.qrag.learner import lambda_returns, soft_value
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
-from agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_envs, run_config, train
+from benchmarks.report import load_records
+from benchmarks.run import main as bench_main
+from agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_train_envs, make_validation_envs, run_config, train
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.envs.hotpotqa import HotpotQAEnv
 from qrag_gym.envs.niah import NiahEnv
+from qrag_gym.evaluation import Cell, make_eval_env, run_cell, summarize
 
 
 def test_relative_positions_hand_example() -> None:
@@ -123,22 +127,25 @@ def test_short_training_on_qa1_beats_random(small_data_dir, tmp_path) -> None:
     assert metrics["success_at_k"] >= 0.6 > np.mean(random_success) + 0.4
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "trainer_state.pt").is_file()
-    resumed = evaluate(load_model(tmp_path / "run" / "model"), env, 20, seed=10_000)
+    agent = QRAGAgent(model=str(tmp_path / "run" / "model"))
+    resumed = summarize(run_cell(Cell("qrag", "qa1", "50s", None, 0, 20), agent, env))
     assert resumed["success_at_k"] >= 0.5
 
 
 def test_task_families_get_the_authors_env_settings(small_data_dir) -> None:
     niah = cpu_config(task="niah:all", **task_settings("niah:all"))
     assert (niah.positions, niah.max_steps) == ("none", 5)
-    train_envs = make_envs(niah, "train", 7, 100, str(small_data_dir))
+    niah.num_envs = 7
+    train_envs = make_train_envs(niah, str(small_data_dir))
     assert [env.variant for env in train_envs] == [*NIAH_TRAIN_VARIANTS, NIAH_TRAIN_VARIANTS[0]]
     assert "multikey_3" not in NIAH_TRAIN_VARIANTS and len(NIAH_TRAIN_VARIANTS) == 6
-    validation_envs = make_envs(niah, "validation", len(NIAH_VARIANTS), 100, str(small_data_dir))
-    assert [env.variant for env in validation_envs] == list(NIAH_VARIANTS)
+    validation_envs = make_validation_envs(niah, str(small_data_dir))
+    assert [env.unwrapped.variant for _, env in validation_envs] == list(NIAH_VARIANTS)
+    assert all(env.unwrapped.never_terminate and env.unwrapped.split == "validation" for _, env in validation_envs)
     hotpot = cpu_config(task="hotpotqa", **task_settings("hotpotqa"))
     assert (hotpot.positions, hotpot.max_steps, hotpot.chunk_max_tokens) == ("none", 2, 256)
-    train_env, validation_env = (make_env(hotpot, "hotpotqa", split, 0, None) for split in ("train", "validation"))
-    assert isinstance(train_env, HotpotQAEnv) and train_env.never_terminate and not validation_env.never_terminate
+    train_env = make_env(hotpot, "hotpotqa", 0, None)
+    assert isinstance(train_env, HotpotQAEnv) and train_env.never_terminate and train_env.split == "train"
     assert train_env.embedder.max_length == 256  # paragraphs, not BABILong's 64-token sentences
     assert task_settings("qa2") == {}
 
@@ -161,19 +168,43 @@ def test_agent_falls_back_to_the_mixed_niah_model(network: QNetwork, tmp_path) -
         agent._network_for("qa1")
 
 
-def test_evaluate_builds_each_family_validation_env(network: QNetwork, small_data_dir) -> None:
-    niah = validation_env(network, "niah:multivalue", 4_000, str(small_data_dir))
-    assert isinstance(niah, NiahEnv) and niah.split == "validation" and niah.context_tokens == 4_000
-    assert isinstance(validation_env(network, "hotpotqa", 4_000, None), HotpotQAEnv)
-    babi = validation_env(network, "qa2", 1_000, str(small_data_dir))
-    assert isinstance(babi, BabilongEnv) and babi.never_terminate
+def test_validation_envs_of_each_family_run_to_T(small_data_dir) -> None:
+    for task, family_env in (("niah:multivalue", NiahEnv), ("hotpotqa", HotpotQAEnv), ("qa2", BabilongEnv)):
+        config = cpu_config(task=task, **task_settings(task))
+        (name, env), = make_validation_envs(config, str(small_data_dir) if task != "hotpotqa" else None)
+        base = env.unwrapped
+        assert name == task and isinstance(base, family_env) and base.never_terminate and base.split == "validation"
+        assert base.max_steps == config.max_steps
+
+
+def test_qrag_keeps_the_picks_before_its_q_threshold_stop(network: QNetwork, small_data_dir) -> None:
+    env = make_eval_env("qa2", split="validation", num_sentences=40, data_dir=str(small_data_dir))
+    for threshold in (-1e9, 0.0, 1e9):
+        agent = QRAGAgent(network=network, threshold=threshold)
+        for record in run_cell(Cell("qrag", "qa2", "40s", None, 0, 3), agent, env):
+            assert record["steps"] == 6  # the episode runs to T whatever the agent keeps
+            prefix = keep_until_threshold(record["selected"], agent._max_q, threshold)
+            assert record["kept"] == sorted(prefix)
+            assert len(prefix) == {-1e9: 6, 1e9: 0}.get(threshold, len(prefix))
+
+
+def test_qrag_bench_and_qrag_evaluate_give_identical_records(network: QNetwork, small_data_dir, tmp_path) -> None:
+    save_model(network, tmp_path / "runs" / "qa1" / "best")
+    common = ["--lengths", "1K", "--data-dir", str(small_data_dir)]
+    assert bench_main(["--agents", "qrag", "--tasks", "qa1", "--episodes", "4", "--qrag-models", str(tmp_path / "runs"),
+                       "--out", str(tmp_path / "bench"), *common]) == 0
+    assert evaluate_main(["--model", str(tmp_path / "runs" / "qa1" / "best"), "--task", "qa1", "--episodes", "4",
+                          "--json", str(tmp_path / "eval.json"), *common]) == 0
+    drop = {"seconds", "settings_id"}
+    bench = [{k: v for k, v in r.items() if k not in drop} for r in load_records(tmp_path / "bench")]
+    evaluated = [{k: v for k, v in r.items() if k not in drop} for r in json.loads((tmp_path / "eval.json").read_text())["records"]]
+    assert bench == evaluated and len(bench) == 4 and all(r["split"] == "test" for r in bench)
 
 
 def test_full_episode_share_sets_which_training_envs_run_all_steps(small_data_dir) -> None:
-    config = cpu_config(task="qa1", full_episode_share=0.25)
-    train_envs = make_envs(config, "train", 8, 50, str(small_data_dir))
+    config = cpu_config(task="qa1", full_episode_share=0.25, num_envs=8, train_num_sentences=50)
+    train_envs = make_train_envs(config, str(small_data_dir))
     assert [env.never_terminate for env in train_envs] == [True, True] + [False] * 6
-    assert all(env.never_terminate for env in make_envs(config, "validation", 2, 50, str(small_data_dir)))
 
 
 def test_full_finetune_build_trains_resumes_and_round_trips(small_data_dir, tmp_path, monkeypatch) -> None:

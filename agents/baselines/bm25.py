@@ -6,7 +6,9 @@ enough for 40,000 sentences); each step only scores a query against it.
 Exact score ties are common here ("Mary went to the garden" and "Mary went to the office" score the
 same for "Where is Mary?"), and bAbI answers usually need the *latest* such fact, so a fixed
 tie-break (first or last in the document) would bias the baseline either way. Ties are broken at
-random instead, from the agent's own seeded generator.
+random instead, from the agent's own seeded generator (reseeded per evaluation episode by
+``seed_episode``, so a cell's records never depend on the cells before it). Both agents keep all T
+picks: they have no stop signal of their own.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ class BM25Agent(BaseAgent):
     """Single-step top-k: rank the chunks once by the question, then take the ranking in order."""
 
     def __init__(self, seed: int = 0, stopwords: str = "en") -> None:
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.stopwords = stopwords
         self._index: bm25s.BM25 | None = None
         self._scores: np.ndarray | None = None
+
+    def seed_episode(self, seed: int) -> None:
+        self.rng = np.random.default_rng([self.seed, seed])
 
     def _tokens(self, text: str) -> list[str]:
         return bm25s.tokenize([text], stopwords=self.stopwords, return_ids=False, show_progress=False)[0]

@@ -1,7 +1,8 @@
 """Frozen dense retrieval with the env's embedder: the paper's "RAG" and "multi-step RAG w/o FT".
 
 Chunks are never encoded here: ``env.unwrapped.score(query)`` uses the chunk vectors the env encodes
-once per episode (and the embedder's per-process cache); only the query text is encoded.
+once per episode (and the embedder's per-process cache); only the query text is encoded. Both
+agents are deterministic and keep all T picks (no stop signal of their own).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 They learn to pick one of the frozen embedder's top-K candidates for "question + selected" from
 vector features, so their floor is the multi-step dense retriever (slot 0) and what they add over it
 is what a generic RL library can learn without touching the encoder. A policy trained at one length
-acts at any other (the view's size does not depend on the document).
+acts at any other (the view's size does not depend on the document). Both act greedily and keep
+all T picks.
 """
 
 from __future__ import annotations

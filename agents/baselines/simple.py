@@ -11,20 +11,34 @@ from agents.base import BaseAgent
 
 
 class RandomAgent(BaseAgent):
-    """Selects a uniformly random available chunk; its own generator, so it never shifts the env's episodes."""
+    """Selects a uniformly random available chunk; its own generator, so it never shifts the env's episodes.
+
+    Keeps all T picks. In an evaluation the generator is reseeded per episode (``seed_episode``).
+    """
 
     def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def seed_episode(self, seed: int) -> None:
+        self.rng = np.random.default_rng([self.seed, seed])
 
     def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
         return int(self.rng.choice(np.flatnonzero(info["action_mask"])))
 
 
 class OracleAgent(BaseAgent):
-    """Selects the supporting chunks in document order (read from ``info``): success 1.0 by construction."""
+    """Selects the supporting chunks in document order (read from ``info``): success 1.0 by construction.
+
+    Privileged: the only agent that reads the gold labels. It keeps exactly the supporting chunks; the
+    picks it makes after them (evaluation runs every episode to T) fill the step budget only.
+    """
 
     def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
         remaining = [i for i in info["supporting_ids"] if info["action_mask"][i]]
         if remaining:
             return int(remaining[0])
-        return int(np.flatnonzero(info["action_mask"])[0])  # only reached with never_terminate
+        return int(np.flatnonzero(info["action_mask"])[0])  # filler after the facts: not kept
+
+    def kept(self, info: dict[str, Any]) -> list[int]:
+        return [i for i in info["selected_order"] if i in set(info["supporting_ids"])]

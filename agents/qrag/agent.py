@@ -5,6 +5,11 @@ loads ``runs/<task>/best`` for whichever task an episode comes from, so one agen
 whole qa1..qa5 benchmark grid. A NIAH variant without its own model falls back to ``runs/niah/best``
 (the model ``qrag-train --task niah:all`` trains on all eight). ``shortlist=k`` takes the certified faiss shortlist on long documents
 (same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`agents.qrag.inference`).
+``QRAGAgent(network=...)`` wraps a network in memory (validation during training).
+
+What it keeps: the picks before the first step whose max-Q fell to the threshold (the paper's §7.2
+stop; 0.5 by default, the model's ``q_threshold``). Evaluation episodes still run all T steps; the
+picks after the stop are made but not handed to the reader.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ class QRAGAgent:
     """Greedy ``argmax_a Q(s, a)`` over the available chunks, chunk embeddings computed once per episode."""
 
     def __init__(self, model: str | None = None, models_dir: str = "runs", threshold: float | None = None,
-                 shortlist: int | None = None) -> None:
+                 shortlist: int | None = None, device: str = "cpu", network: QNetwork | None = None) -> None:
         self.model, self.models_dir, self.threshold, self.shortlist = model, Path(models_dir), threshold, shortlist
+        self.device, self._given = device, network
         self._networks: dict[str, QNetwork] = {}
         self._max_q: list[float] = []
 
@@ -41,6 +47,8 @@ class QRAGAgent:
         return folders
 
     def _network_for(self, task: str) -> QNetwork:
+        if self._given is not None:
+            return self._given
         candidates = self._model_folders(task)
         folder = next((f for f in candidates if f.is_dir()), None)
         if folder is None:
@@ -49,7 +57,7 @@ class QRAGAgent:
                                     f"train one with `qrag-train --task {train} --out {self.models_dir / task}`")
         key = str(folder)
         if key not in self._networks:
-            self._networks[key] = load_model(folder)
+            self._networks[key] = load_model(folder, device=self.device)
         return self._networks[key]
 
     def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:

@@ -1,4 +1,7 @@
-"""Greedy Q-RAG episodes, the Q-threshold stop (qrag-method.md §7.2) and multi-length evaluation.
+"""Q-RAG's greedy step: Q of every chunk in a state, and the Q-threshold stop (the paper's §7.2).
+
+Episodes are played and measured by the one evaluation runner (:mod:`qrag_gym.evaluation`) with
+:class:`agents.qrag.agent.QRAGAgent`; this module only scores.
 
 Two step scorers give the same argmax. :func:`step_q_values` rotates every chunk to its position
 and scores it (in batches, so a 10M-token document stays bounded). :func:`shortlist_step`, for long
@@ -9,18 +12,12 @@ exactly (see :mod:`qrag_gym.shortlist`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from agents.qrag.config import QRAGConfig
 from agents.qrag.networks import QNetwork
 from agents.qrag.rotary import relative_positions, rotate
-from qrag_gym.envs.retrieval import RetrievalEnv
-from qrag_gym.data.babi import TASKS
-from qrag_gym.metrics import retrieval_metrics
-from qrag_gym.readers import answer_babi, answer_matches
 from qrag_gym.shortlist import ChunkIndex, ShortlistResult, certified_argmax
 
 CHUNK_BATCH = 8192
@@ -33,15 +30,6 @@ BUCKET_WIDTH = 0.25
 fallback re-scoring) but more faiss searches per step. Integer positions use exact buckets of 1."""
 ROUNDING_SLACK = 1e-4
 """Added to every bound: faiss and torch round float32 sums differently."""
-
-
-@dataclass
-class GreedyEpisode:
-    """What one greedy episode selected and the max-Q logged at each step."""
-
-    selected: list[int]
-    max_q: list[float]
-    info: dict
 
 
 def keep_until_threshold(selected: list[int], max_q: list[float], threshold: float) -> list[int]:
@@ -153,52 +141,3 @@ def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch
 def use_shortlist(shortlist: int | None, num_chunks: int) -> bool:
     """Whether to take the shortlist path: asked for (``shortlist=k``) and the document is long."""
     return shortlist is not None and num_chunks >= SHORTLIST_MIN_CHUNKS
-
-
-@torch.no_grad()
-def greedy_episode(network: QNetwork, env: RetrievalEnv, seed: int | None = None, shortlist: int | None = None) -> GreedyEpisode:
-    """Run one episode choosing ``argmax_a Q(s, a)`` until the env ends it.
-
-    ``shortlist=k`` scores documents of at least :data:`SHORTLIST_MIN_CHUNKS` chunks through
-    :func:`shortlist_step` (same actions, far less work per step at 1M-10M tokens).
-    """
-    _, info = env.reset(seed=seed)
-    chunks = embed_document(network, env.chunks)
-    index = ChunkIndex(chunks.cpu().numpy()) if use_shortlist(shortlist, len(env.chunks)) else None
-    selected: list[int] = []
-    max_q: list[float] = []
-    done = False
-    while not done:
-        if index is not None:
-            found = shortlist_step(network, index, chunks, env.question, env.chunks, selected, env.action_masks(), shortlist)
-            action, value = found.action, found.value
-        else:
-            q = step_q_values(network, chunks, env.question, env.chunks, selected, env.action_masks())
-            action = int(q.argmax())
-            value = float(q[action])
-        max_q.append(value)
-        selected.append(action)
-        _, _, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-    return GreedyEpisode(selected, max_q, info)
-
-
-def evaluate(network: QNetwork, env: RetrievalEnv, episodes: int, seed: int = 0, threshold: float | None = None,
-             shortlist: int | None = None) -> dict[str, float]:
-    """Mean metrics over ``episodes`` greedy episodes.
-
-    F1 and the bAbI reader's answer accuracy use the set kept after the Q-threshold stop.
-    """
-    threshold = network.config.q_threshold if threshold is None else threshold
-    rows = []
-    for index in range(episodes):
-        episode = greedy_episode(network, env, seed=seed + index, shortlist=shortlist)
-        kept = keep_until_threshold(episode.selected, episode.max_q, threshold)
-        metrics = retrieval_metrics(episode.selected, episode.info["supporting_ids"], kept=kept)
-        metrics["kept"] = float(len(kept))
-        if episode.info["task"] in TASKS:  # the exact reader, on the kept facts in document order
-            facts = [env.chunks[i] for i in sorted(kept)]
-            answer = answer_babi(episode.info["task"], episode.info["question"], facts)
-            metrics["answer_accuracy"] = float(answer_matches(answer, episode.info["answer"]))
-        rows.append(metrics)
-    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}

@@ -16,6 +16,7 @@ import time
 from typing import Any
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from agents.qrag.checkpoint import load_trainer, save_model, save_trainer
 from agents.qrag.config import NIAH_ALL, NIAH_PREFIX, QRAGConfig, cpu_config, cpu_task_tuning, task_settings
-from agents.qrag.inference import evaluate
+from agents.qrag.agent import QRAGAgent
 from agents.qrag.learner import Learner
 from agents.qrag.networks import QNetwork
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
@@ -32,6 +33,11 @@ from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.envs.hotpotqa import HotpotQAEnv
 from qrag_gym.envs.niah import NiahEnv
 from qrag_gym.envs.retrieval import RetrievalEnv
+from qrag_gym.evaluation import MEAN_METRICS, make_eval_env, run_episodes, summarize
+from qrag_gym.tasks import task_family
+
+VALIDATION_SEED = 10_000
+"""Reset seeds of validation episodes start here (the benchmarks' cells start at 0)."""
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -48,26 +54,24 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def make_env(config: QRAGConfig, task: str, split: str, num_sentences: int, data_dir: str | None,
+def make_env(config: QRAGConfig, task: str, num_sentences: int, data_dir: str | None,
              full_episodes: bool = True) -> RetrievalEnv:
-    """One env of ``task`` with the authors' settings (qrag-method.md §6).
+    """One training env of ``task`` with the authors' settings (the paper's §6 and their configs).
 
     BABILong: shaped reward, penalize_extra_steps and never_terminate (unless ``full_episodes`` is False:
-    see ``config.full_episode_share``; validation always runs T steps, for success@T). NIAH (``niah:<variant>``, documents
-    of ``train_context_tokens``): episodes end on completion. HotpotQA: never_terminate while training,
-    ending on completion for validation (the metrics read the greedy selections, not the reward).
+    see ``config.full_episode_share``). NIAH (``niah:<variant>``, documents of ``train_context_tokens``):
+    episodes end on completion. HotpotQA: never_terminate. ``per_fact_reward`` shapes training only.
     """
     embedder = config.env_embedder
-    shaping = config.per_fact_reward if split == "train" else 0.0
+    shaping = config.per_fact_reward
     if task.startswith(NIAH_PREFIX):
-        return NiahEnv(variant=task[len(NIAH_PREFIX):], context_tokens=config.train_context_tokens, split=split,
+        return NiahEnv(variant=task[len(NIAH_PREFIX):], context_tokens=config.train_context_tokens, split="train",
                        max_steps=config.max_steps, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
     if task == "hotpotqa":
-        return HotpotQAEnv(split=split, data_dir=data_dir, max_steps=config.max_steps, never_terminate=split == "train",
+        return HotpotQAEnv(split="train", data_dir=data_dir, max_steps=config.max_steps, never_terminate=True,
                            embedder=embedder, per_fact_reward=shaping)
-    return BabilongEnv(task=task, num_sentences=num_sentences, split=split, max_steps=config.max_steps,
-                       never_terminate=full_episodes or split != "train", data_dir=data_dir,
-                       embedder=embedder, per_fact_reward=shaping)
+    return BabilongEnv(task=task, num_sentences=num_sentences, split="train", max_steps=config.max_steps,
+                       never_terminate=full_episodes, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
 
 
 NIAH_TRAIN_VARIANTS = tuple(name for name, variant in NIAH_VARIANTS.items() if variant.haystack != "needle")
@@ -77,15 +81,27 @@ needles, a few hundred new sentences to encode per 4K episode: on a CPU that mad
 slower, so they are validation-only (unseen variants)."""
 
 
-def make_envs(config: QRAGConfig, split: str, count: int, num_sentences: int, data_dir: str | None) -> list[RetrievalEnv]:
-    """``count`` envs of the configured task. ``niah:all`` deals :data:`NIAH_TRAIN_VARIANTS` round-robin
-    for training and all eight variants for validation; the first ``full_episode_share`` of them run full
-    episodes."""
-    variants = NIAH_TRAIN_VARIANTS if split == "train" else tuple(NIAH_VARIANTS)
-    tasks = [NIAH_PREFIX + variant for variant in variants] if config.task == NIAH_ALL else [config.task]
-    full = round(config.full_episode_share * count)
-    return [make_env(config, tasks[index % len(tasks)], split, num_sentences, data_dir, full_episodes=index < full)
+def make_train_envs(config: QRAGConfig, data_dir: str | None) -> list[RetrievalEnv]:
+    """``config.num_envs`` training envs of the configured task; ``niah:all`` deals
+    :data:`NIAH_TRAIN_VARIANTS` round-robin. The first ``full_episode_share`` of them run full episodes."""
+    tasks = [NIAH_PREFIX + variant for variant in NIAH_TRAIN_VARIANTS] if config.task == NIAH_ALL else [config.task]
+    count, full = config.num_envs, round(config.full_episode_share * config.num_envs)
+    return [make_env(config, tasks[index % len(tasks)], config.train_num_sentences, data_dir, full_episodes=index < full)
             for index in range(count)]
+
+
+def make_validation_envs(config: QRAGConfig, data_dir: str | None) -> list[tuple[str, gym.Env]]:
+    """(task, env) pairs validation runs on: the held-out split of the configured task (all eight
+    variants for ``niah:all``), through the same evaluation env every benchmark uses (run to T)."""
+    tasks = [NIAH_PREFIX + variant for variant in NIAH_VARIANTS] if config.task == NIAH_ALL else [config.task]
+    envs = []
+    for task in tasks:
+        family = task_family(task)
+        length = {"num_sentences": config.eval_num_sentences} if family == "babilong" else \
+            {"tokens": config.train_context_tokens} if family == "niah" else {}
+        envs.append((task, make_eval_env(task, split="validation", max_steps=config.max_steps, data_dir=data_dir,
+                                         embedder=config.env_embedder, **length)))
+    return envs
 
 
 def prefetch_features(env: BabilongEnv) -> None:
@@ -99,12 +115,15 @@ def prefetch_features(env: BabilongEnv) -> None:
     embedder.encode(list(source.noise.sentences) + sorted({f for s in source.samples for f in s.facts}))
 
 
-def validate(learner: Learner, envs: list[RetrievalEnv], writer: SummaryWriter, out: Path, best: float) -> tuple[dict[str, float], float]:
-    """Greedy validation episodes, shared evenly between ``envs`` (one per NIAH variant for ``niah:all``);
-    the model with the best mean success@k so far is kept in ``out/best``."""
+def validate(learner: Learner, envs: list[tuple[str, gym.Env]], writer: SummaryWriter, out: Path,
+             best: float) -> tuple[dict[str, float], float]:
+    """Greedy validation episodes through the evaluation runner, shared evenly between ``envs`` (one per
+    NIAH variant for ``niah:all``); the model with the best mean success@k so far is kept in ``out/best``."""
     episodes = max(1, learner.config.eval_episodes // len(envs))
-    per_env = [evaluate(learner.online, env, episodes, seed=10_000) for env in envs]
-    metrics = {key: float(np.mean([m[key] for m in per_env])) for key in per_env[0]}
+    agent = QRAGAgent(network=learner.online)
+    seeds = range(VALIDATION_SEED, VALIDATION_SEED + episodes)
+    records = [record for task, env in envs for record in run_episodes(agent, env, seeds, task)]
+    metrics = {key: value for key, value in summarize(records).items() if key in MEAN_METRICS}
     for key, value in metrics.items():
         writer.add_scalar(f"eval/{key}", value, learner.transitions)
     tqdm.write(f"update {learner.updates}: validation {json.dumps({k: round(v, 3) for k, v in metrics.items()})}")
@@ -130,12 +149,11 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     embedder = None if config.finetune_encoder else shared_embedder(config.encoder, config.chunk_max_tokens)
     online = QNetwork(config, embedder).to(config.device)
     target = QNetwork(config, embedder).to(config.device)
-    envs = make_envs(config, "train", config.num_envs, config.train_num_sentences, data_dir)
-    validation = make_envs(config, "validation", len(NIAH_VARIANTS) if config.task == NIAH_ALL else 1,
-                           config.eval_num_sentences, data_dir)
-    if embedder is not None and isinstance(validation[0], BabilongEnv):
+    envs = make_train_envs(config, data_dir)
+    validation = make_validation_envs(config, data_dir)
+    if embedder is not None and isinstance(envs[0], BabilongEnv):
         prefetch_features(envs[0])
-        prefetch_features(validation[0])
+        prefetch_features(validation[0][1].unwrapped)
     learner = Learner(config, envs, online, target)
     best = -1.0
     state = load_trainer(out) if resume else None

@@ -1,7 +1,11 @@
-"""bAbI stories: the text-format parser, the train/validation split and the task table.
+"""bAbI stories: the text-format parser, the train/validation/test splits and the task table.
 
 BABILong turns every bAbI question into one sample: the story's statements up to that question
 (earlier questions dropped) plus the ids of the supporting statements among them. We do the same.
+
+Splits: ``train`` and ``validation`` divide the stories of the ``*_train.txt`` file by a fixed
+story-index rule (tune on these); ``test`` is the official ``*_test.txt`` file of the bAbI v1.2
+release (``tasks_1-20_v1-2/en-10k``), which BABILong evaluates on (report on it, never tune on it).
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TASK_FILES = {
-    "qa1": "qa1_single-supporting-fact_train.txt",
-    "qa2": "qa2_two-supporting-facts_train.txt",
-    "qa3": "qa3_three-supporting-facts_train.txt",
-    "qa4": "qa4_two-arg-relations_train.txt",
-    "qa5": "qa5_three-arg-relations_train.txt",
+TASK_STEMS = {
+    "qa1": "qa1_single-supporting-fact",
+    "qa2": "qa2_two-supporting-facts",
+    "qa3": "qa3_three-supporting-facts",
+    "qa4": "qa4_two-arg-relations",
+    "qa5": "qa5_three-arg-relations",
 }
-TASKS = tuple(TASK_FILES)
+"""File names of the bAbI v1.2 release without ``_train.txt`` / ``_test.txt``."""
+TASKS = tuple(TASK_STEMS)
+SPLITS = ("train", "validation", "test")
 
 VALIDATION_EVERY = 10
 """Story ``i`` (0-based, in file order) is a validation story when ``i % VALIDATION_EVERY == 0``."""
@@ -48,7 +54,7 @@ class BabiSample:
 
 def check_task(task: str) -> str:
     """Return ``task`` if it is one of qa1..qa5, else raise with the valid names."""
-    if task not in TASK_FILES:
+    if task not in TASK_STEMS:
         raise ValueError(f"unknown bAbI task {task!r}; choose one of {', '.join(TASKS)}")
     return task
 
@@ -103,17 +109,36 @@ def load_babi_file(path: Path, task: str) -> list[BabiSample]:
         return parse_babi_lines(handle.readlines(), task, origin=str(path))
 
 
-def load_babi_task(babi_dir: Path, task: str) -> list[BabiSample]:
-    """Load the training file of ``task`` from a folder of bAbI files (e.g. ``babi/en-10k``)."""
-    path = Path(babi_dir) / TASK_FILES[check_task(task)]
+def task_path(babi_dir: str | Path, task: str, part: str = "train") -> Path:
+    """``babi_dir/<stem>_train.txt`` or ``_test.txt``: where the release keeps ``task``'s ``part`` file."""
+    if part not in ("train", "test"):
+        raise ValueError(f"unknown bAbI file part {part!r}; choose 'train' or 'test'")
+    return Path(babi_dir) / f"{TASK_STEMS[check_task(task)]}_{part}.txt"
+
+
+def load_babi_task(babi_dir: Path, task: str, part: str = "train") -> list[BabiSample]:
+    """Load the training (or official test) file of ``task`` from a folder of bAbI files (``babi/en-10k``)."""
+    path = task_path(babi_dir, task, part)
     if not path.is_file():
-        raise FileNotFoundError(f"bAbI file for {task} not found: {path}")
+        release = "the official test stories of the bAbI v1.2 release, tasks_1-20_v1-2/en-10k" if part == "test" \
+            else "the bAbI v1.2 training stories, tasks_1-20_v1-2/en-10k"
+        raise FileNotFoundError(f"bAbI {part} file for {task} not found: expected {path} ({release})")
     return load_babi_file(path, task)
+
+
+def load_split(babi_dir: Path, task: str, split: str) -> list[BabiSample]:
+    """The samples of one split: every question of the test file, or the train/validation stories of
+    the training file (:func:`split_samples`)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "test":
+        return load_babi_task(babi_dir, task, "test")
+    return split_samples(load_babi_task(babi_dir, task), split)
 
 
 def split_samples(samples: list[BabiSample], split: str) -> list[BabiSample]:
     """Keep the samples of ``split`` ('train' or 'validation') by the fixed story-index rule."""
     if split not in ("train", "validation"):
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'validation'")
+        raise ValueError(f"unknown split {split!r} for the training file's stories; choose 'train' or 'validation'")
     want_validation = split == "validation"
     return [s for s in samples if (s.story_index % VALIDATION_EVERY == 0) == want_validation]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from qrag_gym.data.babi import SPLIT_RULE, TASKS, BabiSample, check_task, load_babi_task, split_samples
+from qrag_gym.data.babi import SPLIT_RULE, SPLITS, TASKS, BabiSample, check_task, load_split, split_samples
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.embedding import count_tokens, load_tokenizer
@@ -51,17 +51,25 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None,
 
     ``source="auto"`` takes real data when the data folder is found and falls back to generated
     stories with synthetic noise otherwise (logged, and labelled in every episode's ``source``).
+    ``split="test"`` is the official bAbI test file with the held-out (validation) books; it has no
+    generated stand-in.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     check_task(task)
     tokenizer = load_tokenizer(tokenizer_name)
     babi_dir = find_data_subdir("babi/en-10k", data_dir) if source == "auto" else None
     if source == "real" or babi_dir is not None:
         babi_dir = require_data_subdir("babi/en-10k", data_dir)
-        noise = load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), split)
-        samples = split_samples(load_babi_task(babi_dir, task), split)
+        samples = load_split(babi_dir, task, split)
+        books = "validation" if split == "test" else split  # the test stories hide among held-out books
+        noise = load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), books)
         label = "babi-real+gutenberg"
+    elif split == "test":
+        raise FileNotFoundError("split='test' reads the official bAbI test files (babi/en-10k/<task>_test.txt) "
+                                "and no bAbI data folder was found: pass data_dir=... or set $QRAG_DATA_DIR")
     else:
         from qrag_gym.data.babi_generator import generate_babi_samples  # only needed offline
 
@@ -142,8 +150,10 @@ class BabilongEnv(RetrievalEnv):
     - ``task``: "qa1".."qa5".
     - ``context_tokens`` (default 4000) or ``num_sentences`` (the paper's unit; see
       :data:`PAPER_SENTENCES`); give at most one.
-    - ``split``: "train" or "validation" (held-out stories *and* held-out books; the rule is in
-      ``info["split_rule"]``).
+    - ``split``: "train", "validation" (held-out stories of the training file *and* held-out books;
+      the rule is in ``info["split_rule"]``) or "test" (the official bAbI test stories, e.g.
+      ``babi/en-10k/qa1_single-supporting-fact_test.txt``, with the held-out books). Tune on
+      validation, report on test.
     - ``max_steps`` (default 6, the authors' BabiLong setting), ``reward``, ``penalize_extra_steps``,
       ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
@@ -204,14 +214,22 @@ class BabilongEnv(RetrievalEnv):
             self._fact_tokens[fact] = int(n)
         return np.array([self._fact_tokens[f] for f in facts], dtype=np.int64)
 
+    @property
+    def num_questions(self) -> int:
+        """How many questions the split holds (``reset(options={"question_index": i})`` asks question ``i``)."""
+        return len(self._source.samples)
+
     def _sample_episode(self) -> Episode:
-        samples = self._source.samples
-        sample = samples[int(self.np_random.integers(len(samples)))]
+        return self._episode_for_question(int(self.np_random.integers(self.num_questions)))
+
+    def _episode_for_question(self, index: int) -> Episode:
+        sample = self._source.samples[index]
         return assemble(sample, self._source, self.np_random, self._tokens_of(sample.facts),
                         self.context_tokens, self.num_sentences, self.max_chunks)
 
     def _episode_info(self) -> dict[str, Any]:
-        return {"split": self.split, "split_rule": f"stories: {SPLIT_RULE}; books: {BOOK_SPLIT_RULE}"}
+        rule = "official bAbI test file" if self.split == "test" else SPLIT_RULE
+        return {"split": self.split, "split_rule": f"stories: {rule}; books: {BOOK_SPLIT_RULE}"}
 
 
 __all__ = ["BabilongEnv", "PAPER_SENTENCES", "TASKS", "assemble", "load_source"]

@@ -67,7 +67,7 @@ class HotpotQAEnv(RetrievalEnv):
     - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
 
     Episodes are drawn uniformly from the split; to walk a split in order, pass
-    ``options={"episode": env.unwrapped.episode_at(i)}`` to ``reset``.
+    ``options={"question_index": i}`` to ``reset`` (``0 <= i < env.unwrapped.num_questions``).
 
     Paragraphs are long, so a model named by id/path embeds up to :attr:`embed_max_tokens` (256)
     tokens of each, not BABILong's 64 (the paper uses 220 with its e5 encoder).
@@ -120,6 +120,13 @@ class HotpotQAEnv(RetrievalEnv):
             num_tokens=self._token_counts[question.qid],
             meta={"answers": list(question.answers), "qid": question.qid, "index": index},
         )
+
+    @property
+    def num_questions(self) -> int:
+        return len(self.questions)
+
+    def _episode_for_question(self, index: int) -> Episode:
+        return self.episode_at(index)
 
     def _sample_episode(self) -> Episode:
         return self.episode_at(int(self.np_random.integers(len(self.questions))))

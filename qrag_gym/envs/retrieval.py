@@ -119,6 +119,19 @@ class RetrievalEnv(gym.Env, ABC):
         """Extra per-episode facts for ``info`` (split, task, ...)."""
         return {}
 
+    @property
+    def num_questions(self) -> int | None:
+        """Size of the split's fixed question set, or None where documents are generated (NIAH).
+
+        With a fixed set, ``reset(options={"question_index": i})`` asks question ``i``, so an
+        evaluation can walk every question once instead of drawing with replacement.
+        """
+        return None
+
+    def _episode_for_question(self, index: int) -> Episode:
+        """The episode of question ``index`` (envs with a fixed question set override this)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed question set")
+
     # ----- episode state ---------------------------------------------------------------------------
     @property
     def chunks(self) -> tuple[str, ...]:
@@ -144,7 +157,11 @@ class RetrievalEnv(gym.Env, ABC):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        episode = (options or {}).get("episode") or self._sample_episode()
+        options = options or {}
+        if "question_index" in options:
+            episode = self._episode_for_question(self._check_question_index(options["question_index"]))
+        else:
+            episode = options.get("episode") or self._sample_episode()
         if len(episode.chunks) > self.max_chunks:
             raise ValueError(f"episode has {len(episode.chunks)} chunks; this env holds at most {self.max_chunks}")
         self.episode = episode
@@ -155,6 +172,14 @@ class RetrievalEnv(gym.Env, ABC):
         self._completed = False
         self._vectors = None
         return self._observation(), self._info(invalid=False)
+
+    def _check_question_index(self, index: Any) -> int:
+        count = self.num_questions
+        if count is None:
+            raise ValueError(f"options['question_index']: {type(self).__name__} has no fixed question set")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < count:
+            raise ValueError(f"options['question_index'] must be an int in [0, {count}), got {index!r}")
+        return int(index)
 
     def step(self, action: Any) -> tuple[dict[str, Any], SupportsFloat, bool, bool, dict[str, Any]]:
         episode = self._require_episode()
