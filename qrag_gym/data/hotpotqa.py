@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_FILE = "hotpotqa/dev_subsampled_400.jsonl"
-"""Where the loader looks inside a data folder when no explicit ``path`` is given."""
+"""Where the loader looks first inside a data folder when no explicit ``path`` is given."""
+
+FETCHED_FILE = "hotpotqa/hotpot_dev_distractor_v1.jsonl"
+"""What ``qrag-data fetch hotpotqa`` writes: the full official distractor dev set (7,405 questions),
+one official record per line. Read when :data:`DEFAULT_FILE` (IRCoT's 400-question subsample, which
+has no public download of its own) is absent."""
+
+DEFAULT_FILES = (DEFAULT_FILE, FETCHED_FILE)
 
 VALIDATION_EVERY = 5
 SPLIT_RULE = f"sha256(question id) % {VALIDATION_EVERY} == 0 -> validation, else train"

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from qrag_gym.data.hotpotqa import DEFAULT_FILE, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
+from qrag_gym.data.hotpotqa import DEFAULT_FILE, DEFAULT_FILES, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.embedding import count_tokens, load_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
@@ -16,14 +16,16 @@ from qrag_gym.episode import Episode
 
 
 def resolve_hotpotqa_file(path: str | Path | None, data_dir: str | Path | None) -> Path:
-    """An explicit ``path``, else :data:`DEFAULT_FILE` under the resolved data folder."""
+    """An explicit ``path``, else the first of :data:`DEFAULT_FILES` under the resolved data folder."""
     if path is not None:
         return Path(path).expanduser()
     folder = require_data_subdir(str(Path(DEFAULT_FILE).parent), data_dir)
-    file = folder / Path(DEFAULT_FILE).name
-    if not file.is_file():
-        raise FileNotFoundError(f"found the folder {folder} but not {file.name} in it; pass path=... to a jsonl file")
-    return file
+    names = [Path(rel).name for rel in DEFAULT_FILES]
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"found the folder {folder} but not {' or '.join(names)} in it; "
+                            f"run `qrag-data fetch hotpotqa` or pass path=... to a jsonl file")
 
 
 @lru_cache(maxsize=8)
@@ -58,7 +60,8 @@ class HotpotQAEnv(RetrievalEnv):
     - ``split``: "train", "validation" (a fixed fifth of the questions, by question id; the rule is
       in ``info["split_rule"]``) or "all".
     - ``path``: a jsonl file (processed or official HotpotQA records); by default
-      ``hotpotqa/dev_subsampled_400.jsonl`` under ``data_dir``, else ``$QRAG_DATA_DIR``, else the
+      ``hotpotqa/dev_subsampled_400.jsonl`` (else ``hotpotqa/hotpot_dev_distractor_v1.jsonl``, what
+      ``qrag-data fetch hotpotqa`` writes) under ``data_dir``, else ``$QRAG_DATA_DIR``, else the
       user data folder.
     - ``max_steps`` (default 2, the paper's T for HotpotQA), ``reward``, ``penalize_extra_steps``,
       ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
