@@ -15,12 +15,17 @@ Everything else is optional and looked up with ``getattr``, so a user's class ne
   benchmark cell never depend on which cells ran before.
 
 Names: the built-ins in :data:`BUILTIN_AGENTS`, or ``"package.module:ClassName"`` for any class
-importable from the current environment, so a user's agent runs in every benchmark unchanged.
+importable from the current environment or the working folder, so a user's agent runs in every
+benchmark unchanged. Constructor settings follow a ``?``: ``"my_agents:RecentDense?margin=0.1"``,
+``"qrag?threshold=0.4&shortlist=16"`` (values parsed as JSON when they can be, else kept as text).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import sys
 from abc import ABC, abstractmethod
 import inspect
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -68,8 +73,37 @@ BUILTIN_AGENTS: dict[str, str] = {
 """Built-in names -> ``module:Class`` (imported lazily: naming ``random`` never imports SB3)."""
 
 
-def resolve_agent_class(name: str) -> type:
-    """The class behind a built-in name or a ``module.path:ClassName`` string."""
+def parse_agent_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name?key=value&key=value"`` -> ``("name", {key: value, ...})``."""
+    name, sep, query = spec.partition("?")
+    settings: dict[str, Any] = {}
+    for pair in query.split("&") if sep else []:
+        key, eq, text = pair.partition("=")
+        if not eq or not key.isidentifier():
+            raise ValueError(f"agent {spec!r}: settings are key=value pairs joined by '&', got {pair!r}")
+        try:
+            settings[key] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key] = text
+    return name, settings
+
+
+def _import_module(module_name: str):
+    """Import ``module_name``; if its top package is missing, look in the working folder too (console
+    scripts, unlike ``python -m``, do not put it on the path)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        here = os.getcwd()
+        if err.name != module_name.split(".")[0] or here in sys.path:
+            raise
+        sys.path.insert(0, here)
+        return importlib.import_module(module_name)
+
+
+def resolve_agent_class(spec: str) -> type:
+    """The class behind a built-in name or a ``module.path:ClassName`` string (settings after ``?`` ignored)."""
+    name = parse_agent_spec(spec)[0]
     target = BUILTIN_AGENTS.get(name, name)
     if ":" not in target:
         raise ValueError(
@@ -78,7 +112,7 @@ def resolve_agent_class(name: str) -> type:
         )
     module_name, _, class_name = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except ImportError as err:
         raise ValueError(f"agent {name!r}: cannot import module {module_name!r} ({err})") from err
     cls = getattr(module, class_name, None)
@@ -90,17 +124,23 @@ def resolve_agent_class(name: str) -> type:
     return cls
 
 
-def make_agent(name: str, **kwargs: Any) -> Agent:
-    """Build an agent by name. Keyword arguments the constructor does not accept are dropped.
+def make_agent(spec: str, **offered: Any) -> Agent:
+    """Build an agent from a name with optional ``?key=value`` settings (:func:`parse_agent_spec`).
 
-    This is what lets the harness pass ``seed=`` (and training options) to every agent while a
-    user's agent with a bare ``__init__(self)`` still works.
+    ``offered`` keyword arguments the constructor does not accept are dropped: that is what lets the
+    harness offer ``seed=`` (and training options) to every agent while a user's agent with a bare
+    ``__init__(self)`` still works. Settings written in the name must be accepted, and win.
     """
-    cls = resolve_agent_class(name)
+    cls = resolve_agent_class(spec)
+    settings = parse_agent_spec(spec)[1]
     parameters = inspect.signature(cls).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    accepted = {key: value for key, value in kwargs.items() if takes_any or key in parameters}
-    return cls(**accepted)
+    unknown = [key for key in settings if not takes_any and key not in parameters]
+    if unknown:
+        raise ValueError(f"agent {spec!r}: {cls.__name__}() takes no {', '.join(unknown)} "
+                         f"(it takes {', '.join(parameters) or 'no arguments'})")
+    accepted = {key: value for key, value in offered.items() if takes_any or key in parameters}
+    return cls(**{**accepted, **settings})
 
 
-__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "make_agent", "resolve_agent_class"]
+__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "make_agent", "parse_agent_spec", "resolve_agent_class"]

@@ -3,6 +3,7 @@
     qrag-bench --quick                                   # offline, a few minutes on 2 CPU cores
     qrag-bench --agents dense-multistep my_pkg.mine:MyAgent --tasks qa2 --lengths 4K 128K --episodes 50
     qrag-bench --tasks niah:single_1 niah:multivalue hotpotqa --lengths 4K 32K --episodes 20
+    qrag-bench show runs/mine --agent bm25 --task qa2 --length 4K --episode 3     # one episode, rendered
 
 Tasks: BABILong ``qa1``..``qa5``, RULER NIAH ``niah:<variant>`` (single_1..3, multikey_1..3, multivalue,
 multiquery) and ``hotpotqa`` (one natural length, recorded as ``doc``; no answer metric without an LLM).
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the qrag agent loads DIR/<task>/best (NIAH variants fall back to DIR/niah/best)")
     parser.add_argument("--shortlist", type=int, default=None, metavar="K",
                         help="qrag: certified faiss shortlist of K per position bucket on documents of 16,384+ chunks")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: a new runs/bench-<UTC time> folder, so no run replaces another)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished cells in --out that ran under the same settings; run the rest")
     parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
@@ -104,6 +106,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--shortlist must be at least 1, got {args.shortlist}")
     if args.resume and args.overwrite:
         parser.error("--resume keeps the results in --out and --overwrite replaces them: give one")
+    if args.out is None:
+        if args.resume or args.overwrite:
+            parser.error("--resume and --overwrite act on an existing folder: name it with --out")
+        args.out = Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime())
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; name a folder")
     if not (args.resume or args.overwrite) and ((args.out / EPISODES_JSON).exists() or (args.out / RUN_JSON).exists()):
@@ -210,6 +216,11 @@ def _env_info(tasks: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["show"]:  # qrag-bench show RUN ...: render one recorded episode
+        from benchmarks.show import main as show
+
+        return show(argv[1:])
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

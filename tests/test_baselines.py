@@ -71,3 +71,23 @@ def test_retrievers_beat_random_on_qa1(make_env) -> None:
         scores = success(name, env, "qa1", 30)
         assert scores["success_at_k"] >= chance + 0.25, (name, scores, chance)
         assert scores["success_at_t"] >= 0.8, (name, scores)
+
+
+def test_agent_settings_after_a_question_mark() -> None:
+    assert make_agent("random?seed=7", seed=0).seed == 7  # written settings win over what the harness offers
+    agent = make_agent("qrag?threshold=0.4&models_dir=elsewhere")
+    assert agent.threshold == 0.4 and str(agent.models_dir) == "elsewhere"
+    with pytest.raises(ValueError, match=r"takes no margin"):
+        make_agent(f"{__name__}:FirstAvailableAgent?margin=0.1")
+    with pytest.raises(ValueError, match="key=value pairs"):
+        make_agent("random?seed")
+
+
+def test_agent_module_in_the_working_folder_resolves_without_python_m(tmp_path, monkeypatch) -> None:
+    """Console scripts do not put the working folder on sys.path; the README's my_agents:Class must still load."""
+    (tmp_path / "my_agents_for_test.py").write_text(
+        "from agents import BaseAgent\n\nclass Last(BaseAgent):\n    def act(self, obs, info, env):\n"
+        "        return int(info['action_mask'].nonzero()[0][-1])\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    assert resolve_agent_class("my_agents_for_test:Last").__name__ == "Last"

@@ -111,6 +111,21 @@ def test_tiny_run_writes_every_output_and_resumes(data_dir: Path, tmp_path: Path
     assert main([*argv, "--overwrite"]) == 0  # an explicit --overwrite replaces them
     assert all(r["steps"] == 6 for r in report.load_records(tmp_path))
 
+    # one recorded episode, rebuilt from its ids and rendered
+    capsys.readouterr()
+    assert main(["show", str(tmp_path), "--agent", "oracle", "--task", "qa2", "--episode", "1",
+                 "--data-dir", str(data_dir)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    record = next(r for r in report.load_records(tmp_path) if r["agent"] == "oracle" and r["task"] == "qa2"
+                  and r["episode"] == 1)
+    picks = [line for line in shown if line[:3].strip().rstrip(".").isdigit()]
+    assert shown[1].startswith("Q: ") and len(picks) == 6
+    assert [("*" in line[:6], "kept" in line) for line in picks[:2]] == [(True, True), (True, True)]
+    assert shown[-1] == "supporting chunks never picked: none" and f"question {record['question_index']}" in shown[0]
+    with pytest.raises(SystemExit):
+        main(["show", str(tmp_path), "--agent", "oracle", "--task", "qa9", "--episode", "0"])
+    assert "the run has: " in capsys.readouterr().err
+
 
 def test_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     target = tmp_path / "results.txt"
