@@ -42,7 +42,7 @@ from agents.qrag.config import cpu_config
 from agents.qrag.agent import QRAGAgent
 from agents.qrag.inference import embed_document, shortlist_step, step_q_values
 from agents.qrag.networks import QNetwork
-from benchmarks.results_io import RESULTS_DIR, markdown_table, write_atomic, write_json
+from benchmarks.results_io import BENCHMARK_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.atomic import atomic_write
 from qrag_gym.embedding import TextEmbedder
 from qrag_gym.evaluation import run_episode
@@ -160,6 +160,7 @@ def plot(rows: list[dict], threads: int, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(parser, BENCHMARK_RESULTS)
     parser.add_argument("--tokens", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--task", default="qa2")
     parser.add_argument("--k", type=int, default=16)
@@ -167,7 +168,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cold-max-tokens", type=int, default=128_000)
-    parser.add_argument("--name", default="cost_curve", help="stem of the files written under benchmarks/results")
+    parser.add_argument("--name", default="cost_curve", help="stem of the files written into --out")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -183,9 +184,9 @@ def main() -> None:
             raise RuntimeError(f"the {tokens}-token run failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    write_json(RESULTS_DIR / f"{args.name}.json", {"args": vars(args), "load_average": os.getloadavg(), "rows": rows})
-    write_atomic(RESULTS_DIR / f"{args.name}.md", report(rows, args))
-    plot(rows, args.threads, RESULTS_DIR / f"{args.name}.png")
+    write_json(args.out / f"{args.name}.json", {"args": vars(args), "load_average": os.getloadavg(), "rows": rows})
+    write_atomic(args.out / f"{args.name}.md", report(rows, args))
+    plot(rows, args.threads, args.out / f"{args.name}.png")
     print(report(rows, args))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from agents import BaseAgent
 from benchmarks import report
-from benchmarks.qa1_first_step import position_slope
+from benchmarks.studies.qa1_first_step import position_slope
 from benchmarks.run import QUICK, main, parse_args
 from qrag_gym.tasks import parse_length
 
@@ -190,3 +190,15 @@ def test_position_slope_separates_trend_from_noise() -> None:
     slope, noise = position_slope(offsets, 0.5 * offsets + np.array([0.1, -0.2, 0.1, -0.1, 0.2, -0.1]))
     assert slope == pytest.approx(0.5)
     assert noise == pytest.approx(np.sqrt(0.02))
+
+
+def test_studies_write_only_into_out(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from benchmarks.studies import babi_overlap
+
+    monkeypatch.chdir(tmp_path)  # the default --out is relative to the working folder, never the package
+    babi_overlap.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "mine")])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "mine/babi_overlap.json", "mine/babi_overlap.md"]
+    rows = json.loads((tmp_path / "mine" / "babi_overlap.json").read_text())
+    assert {r["task"]: r["test_questions"] for r in rows} == {f"qa{i}": 1_000 for i in range(1, 6)}
+    assert next(r for r in rows if r["task"] == "qa4")["also_in_train"] > 500  # bAbI's qa4 repeats most of its test set

@@ -1,12 +1,12 @@
 """Why qa1's strict success@k stays below 0.95: what a trained model picks at step 0 when it is wrong.
 
-    python -m benchmarks.qa1_first_step --model runs/qa1/best --episodes 200
+    python -m benchmarks.studies.qa1_first_step --model runs/qa1/best --episodes 200
 
 For "Where is Mary?" the supporting fact is Mary's *latest* move. At step 0 nothing is selected, so
 each sentence is scored alone, and only its relative position can say that no later move of Mary
 exists. This script counts how often the first pick is wrong, whether the wrong pick is another
 sentence about the same person, how far before the right one it sits, and by how much Q preferred it.
-Writes ``benchmarks/results/qa1_first_step.{json,md}``.
+Writes ``qa1_first_step.{json,md}`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from agents.qrag.checkpoint import load_model
 from agents.qrag.inference import embed_document, step_q_values
-from benchmarks.results_io import RESULTS_DIR, markdown_table, write_atomic, write_json
+from benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.envs.babilong import BabilongEnv
 
 
@@ -65,6 +65,7 @@ def first_step_errors(model: Path, episodes: int, num_sentences: int, seed: int 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(parser, STUDY_RESULTS)
     parser.add_argument("--model", type=Path, default=Path("runs/qa1/best"))
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--num-sentences", type=int, default=100, help="document length (the training length)")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = first_step_errors(args.model, args.episodes, args.num_sentences)
-    write_json(RESULTS_DIR / "qa1_first_step.json", result)
+    write_json(args.out / "qa1_first_step.json", result)
     rows = [[e["episode"], e["sentences_before_gold"], e["same_person"], e["moves_of_person"], f"{e['q_margin']:.4f}"]
             for e in result["errors"]]
     summary = (f"# qa1: wrong first picks of `{result['model']}`\n\n"
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                f"sentence of the document (least squares, centred per story); what that slope leaves has a "
                f"standard deviation of {result['q_noise']:.4f}, so moves closer than about "
                f"{result['q_noise'] / max(result['q_slope_per_sentence'], 1e-9):.0f} sentences are ordered by noise.\n\n")
-    write_atomic(RESULTS_DIR / "qa1_first_step.md", summary + markdown_table(
+    write_atomic(args.out / "qa1_first_step.md", summary + markdown_table(
         ["episode", "sentences before the right one", "same person", "moves of that person", "Q margin"], rows))
     print(summary)
 

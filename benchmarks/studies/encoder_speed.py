@@ -10,7 +10,7 @@ Quality: cosine between each variant's vector and the fp32 vector of the same se
 retrieval agreement on real BABILong episodes (top-1 chunk for the question, top-5 overlap, and
 recall@5 of the supporting facts), fp32 vs the variant.
 
-    python -m benchmarks.encoder_speed --sentences 512 --rounds 3 --episodes 30
+    python -m benchmarks.studies.encoder_speed --sentences 512 --rounds 3 --episodes 30
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import qrag_gym  # noqa: F401  (registers the envs)
-from benchmarks.results_io import RESULTS_DIR, markdown_table, write_atomic, write_json
+from benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.data.noise import load_book_corpus
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.embedding import TextEmbedder
@@ -76,6 +76,7 @@ def dense_agreement(reference: TextEmbedder, variant: TextEmbedder, episodes: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(parser, STUDY_RESULTS)
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=30)
@@ -108,7 +109,7 @@ def main() -> None:
                      f"{entry['cosine_mean']:.5f} / {entry['cosine_min']:.5f}"])
     meta = {"sentences": args.sentences, "rounds": args.rounds, "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "load_average": os.getloadavg()}
-    write_json(RESULTS_DIR / "encoder_speed.json", {"meta": meta, "variants": results})
+    write_json(args.out / "encoder_speed.json", {"meta": meta, "variants": results})
     int8 = results["int8 dynamic, 1 thread"]
     text = (f"# Encoder speed on this CPU ({args.sentences} real book sentences, median of {args.rounds} interleaved rounds)\n\n"
             f"Measured under contention (other training runs on the same 2 cores; load average {meta['load_average'][0]:.1f}): "
@@ -117,7 +118,7 @@ def main() -> None:
             + f"\nint8 dense retrieval on {args.episodes} real BABILong episodes of {args.tokens} tokens (qa1-qa3): "
             f"top-1 agreement with fp32 {int8['top1_agreement']:.3f}, top-5 overlap {int8['top5_overlap']:.3f}, "
             f"support recall@5 {int8['recall5_variant']:.3f} vs {int8['recall5_fp32']:.3f} in fp32.\n")
-    write_atomic(RESULTS_DIR / "encoder_speed.md", text)
+    write_atomic(args.out / "encoder_speed.md", text)
     print(text)
 
 

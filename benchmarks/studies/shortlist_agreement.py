@@ -5,7 +5,7 @@ shortlist's action (and its Q value) is compared with the full scan's. Scorers: 
 network from :func:`cpu_config` and a randomly perturbed one (adapters no longer the identity), each
 with continuous and with integer positions, and the dense baseline's plain inner product.
 
-    python -m benchmarks.shortlist_agreement --tokens 128000 1000000 --episodes 3
+    python -m benchmarks.studies.shortlist_agreement --tokens 128000 1000000 --episodes 3
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import qrag_gym  # noqa: F401  (registers the envs)
 from agents.qrag.config import cpu_config
 from agents.qrag.inference import embed_document, shortlist_step, step_q_values
 from agents.qrag.networks import QNetwork
-from benchmarks.results_io import RESULTS_DIR, markdown_table, write_atomic, write_json
+from benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.embedding import TextEmbedder
 from qrag_gym.shortlist import ChunkIndex, certified_argmax
 
@@ -88,6 +88,7 @@ def compare_dense(embedder: TextEmbedder, env: gym.Env, k: int, steps: int) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(parser, STUDY_RESULTS)
     parser.add_argument("--tokens", type=int, nargs="+", default=[128_000, 1_000_000])
     parser.add_argument("--episodes", type=int, default=3)
     parser.add_argument("--k", type=int, default=16)
@@ -125,12 +126,12 @@ def main() -> None:
             table.append([name, f"{tokens:,}", entry["steps"], f"{entry['agreement']:.3f}", f"{entry['max_q_diff']:.1e}",
                           int(entry["median_rescored"]), int(entry["median_fallback"]), speed])
     total = [r["agree"] for rows in results.values() for r in rows]
-    write_json(RESULTS_DIR / "shortlist_agreement.json", {"k": args.k, "overall": float(np.mean(total)), "rows": summary})
+    write_json(args.out / "shortlist_agreement.json", {"k": args.k, "overall": float(np.mean(total)), "rows": summary})
     text = (f"# Shortlist vs exact full scan (k = {args.k} per position bucket, real BABILong episodes, qa1-qa3)\n\n"
             f"Overall agreement of the chosen chunk: **{np.mean(total):.4f}** over {len(total)} steps.\n\n"
             + markdown_table(["scorer", "tokens", "steps", "same action", "max |dQ|", "median re-scored chunks",
                               "median fallback chunks", "step speed-up"], table))
-    write_atomic(RESULTS_DIR / "shortlist_agreement.md", text)
+    write_atomic(args.out / "shortlist_agreement.md", text)
     print(text)
 
 
