@@ -16,15 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-from benchmarks.results_io import write_atomic, write_json  # noqa: E402
-from qrag_gym.metrics import wilson_interval  # noqa: E402
-from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS  # noqa: E402
+from benchmarks.results_io import write_atomic, write_json
+from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
+from qrag_gym.metrics import wilson_interval
 
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json.gz", "episodes.csv.gz", "summary.md", "success_vs_length.png", "run.json")
@@ -176,6 +172,11 @@ def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
     Panels go at most :data:`PLOT_COLUMNS` to a row, each task family starting a new row; tasks with
     one natural length (HotpotQA) have no curve and are left to the summary table.
     """
+    import matplotlib  # imported here: a second of start-up that only the plot needs
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     agents, tasks, lengths = _orders(records)
     tokens = {r["length"]: r["context_tokens"] for r in records}
     means = cell_means(records, "success_at_k")

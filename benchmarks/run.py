@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import gymnasium as gym
-import torch
 from tqdm.auto import tqdm
 
 import qrag_gym
@@ -222,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return show(argv[1:])
     args = parse_args(argv)
+    import torch  # after parsing: --help and argument errors answer without loading torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     cells = plan(args)

@@ -202,3 +202,15 @@ def test_studies_write_only_into_out(data_dir: Path, tmp_path: Path, monkeypatch
     rows = json.loads((tmp_path / "mine" / "babi_overlap.json").read_text())
     assert {r["task"]: r["test_questions"] for r in rows} == {f"qa{i}": 1_000 for i in range(1, 6)}
     assert next(r for r in rows if r["task"] == "qa4")["also_in_train"] > 500  # bAbI's qa4 repeats most of its test set
+
+
+@pytest.mark.parametrize("module", ["benchmarks.run", "agents.qrag.evaluate"])
+def test_command_line_modules_answer_help_without_loading_torch(module: str) -> None:
+    """--help and argument errors come before the heavy imports (torch, matplotlib, SB3)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module} as m\n"
+            "heavy = [name for name in ('torch', 'matplotlib', 'stable_baselines3', 'transformers') if name in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -16,9 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from agents.qrag.agent import QRAGAgent
 from agents.qrag.config import NIAH_ALL, NIAH_PREFIX
 from qrag_gym.atomic import atomic_write_bytes
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
@@ -81,6 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch  # after parsing: --help and argument errors answer without loading torch
+
+    from agents.qrag.agent import QRAGAgent
+
     if args.threads:
         torch.set_num_threads(args.threads)
     agent = QRAGAgent(model=str(args.model), threshold=args.threshold, shortlist=args.shortlist, device=args.device)
