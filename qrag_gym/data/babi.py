@@ -93,14 +93,22 @@ def parse_babi_lines(lines: list[str], task: str, origin: str = "<memory>") -> l
             raise BabiFormatError(f"{where}: supporting ids {ids!r} do not name earlier statements") from err
         if not supporting or not answer:
             raise BabiFormatError(f"{where}: question without answer or supporting ids")
+        if len(set(supporting)) != len(supporting):  # a repeated id would count one fact twice in the reward
+            raise BabiFormatError(f"{where}: supporting ids {ids!r} name a statement more than once")
         samples.append(BabiSample(tuple(story), question, answer, supporting, task, story_index))
     return samples
 
 
 def load_babi_file(path: Path, task: str) -> list[BabiSample]:
-    """Parse one bAbI file (see :func:`parse_babi_lines`)."""
-    with open(path, encoding="utf-8") as handle:
-        return parse_babi_lines(handle.readlines(), task, origin=str(path))
+    """Parse one bAbI file (see :func:`parse_babi_lines`); a line that is not UTF-8 is an error naming it."""
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise BabiFormatError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return parse_babi_lines(lines, task, origin=str(path))
 
 
 def load_babi_task(babi_dir: Path, task: str) -> list[BabiSample]:
