@@ -149,3 +149,11 @@ def test_empty_or_invalid_config_json_names_the_file(tmp_path: Path, text: str, 
     with pytest.raises(ConfigError, match=rf"{folder / 'config.json'}: .*{expected}"):
         load_model(folder, embedder=FAKE_EMBEDDER)
     assert QRAGConfig.from_dict(json.loads(cpu_config().to_json())) == cpu_config()
+
+
+def test_train_with_resume_and_no_state_is_an_error(tmp_path: Path) -> None:
+    """The library call too: ``train(resume=True)`` without a state used to start from scratch."""
+    from agents.qrag.train import train
+
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / TRAINER} does not exist"):
+        train(cpu_config(task="qa1", encoder="no/such-model-never-loaded"), tmp_path, resume=True)

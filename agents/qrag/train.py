@@ -128,6 +128,10 @@ def save_checkpoint(learner: Learner, out: Path, best: float) -> None:
 def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resume: bool = False,
           data_dir: str | None = None, show_progress: bool = True) -> dict[str, float]:
     """Train until ``total_updates`` or ``max_minutes``; returns the last validation metrics."""
+    if resume and not (out / TRAINER).is_file():  # resuming nothing would start afresh and overwrite best/, model/
+        raise FileNotFoundError(f"resume=True but {out / TRAINER} does not exist; nothing to resume")
+    if resume:
+        verify_trainer(out)  # a damaged state fails now, not after the envs are built
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     embedder = None if config.finetune_encoder else shared_embedder(config.encoder, config.chunk_max_tokens)
