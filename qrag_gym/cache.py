@@ -4,6 +4,11 @@ Each model fingerprint has its own folder of shards (``.npz`` with 16-byte text 
 vectors). A shard is written to a temporary name and renamed into place, so a kill leaves either the
 whole shard or none of it. Many small shards are merged into one; past ``max_bytes`` the oldest
 shards are dropped. ``qrag-cache clear`` (or :meth:`EmbeddingDiskCache.clear`) empties it.
+
+The cache root holds a ``CACHEDIR.TAG`` (the Cache Directory Tagging Specification, which backup tools
+also honour) written when the cache first writes there. Clearing refuses a folder without it and even
+then deletes only the files this module writes (shards, their temporary and moved-aside copies), never
+anything else a mistyped ``$QRAG_CACHE_DIR`` might point at.
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
-import shutil
+import re
 import time
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +32,50 @@ MAX_SHARDS = 32
 FLUSH_EVERY = 2048
 STALE_TEMP_SECONDS = 3600
 """A ``.tmp`` file this old is the leftover of a killed writer (a live one renames within seconds)."""
+
+MARKER = "CACHEDIR.TAG"
+MARKER_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This folder is the qrag-gym embedding cache (https://bford.info/cachedir/).\n"
+    "# `qrag-cache clear` deletes only the shard files inside its model folders.\n"
+)
+_SHARD = re.compile(r"shard-\d+-\d+\.npz")
+_OWN_FILE = re.compile(r"(?:shard-\d+-\d+\.npz(?:\.unreadable)?|\.shard-\d+-\d+\.npz\.\w+\.tmp)")
+"""Every name this module writes inside a model folder: shards, moved-aside shards, temporary shards."""
+_FINGERPRINT = re.compile(r"[0-9A-Za-z_.-]+")
+
+
+class CacheClearRefused(RuntimeError):
+    """``clear`` was asked to delete a folder that is not (or not only) an embedding cache."""
+
+
+def _write_marker(root: Path) -> None:
+    """Tag ``root`` as a cache folder (idempotent); the marker is what allows ``clear`` there."""
+    marker = root / MARKER
+    if not marker.is_file():
+        atomic_write(marker, lambda temporary: Path(temporary).write_text(MARKER_TEXT))
+
+
+def is_cache_root(root: Path) -> bool:
+    """True when ``root`` carries the marker this module writes."""
+    try:
+        return (root / MARKER).read_text().startswith(MARKER_TEXT.split("\n", 1)[0])
+    except OSError:
+        return False
+
+
+def _delete_own_files(folder: Path) -> int:
+    """Delete the shard files of one model folder (and the folder when nothing else is left in it)."""
+    removed = 0
+    for path in folder.iterdir():
+        if path.is_file() and _OWN_FILE.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    try:
+        folder.rmdir()  # only succeeds when empty: foreign files keep their folder
+    except OSError:
+        pass
+    return removed
 
 
 def default_cache_root() -> Path:
@@ -68,6 +117,7 @@ class EmbeddingDiskCache:
         self._index: dict[bytes, int] = {}
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self._pending: dict[bytes, np.ndarray] = {}
+        self._writable = True
         self._load()
         atexit.register(self.flush)
 
@@ -91,9 +141,11 @@ class EmbeddingDiskCache:
                 except FileNotFoundError:
                     vanished = True
                     continue
-                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # foreign or truncated
+                except Exception as err:  # noqa: BLE001 - numpy's header parser raises anything (TokenError...)
+                    self._move_aside(shard, f"{type(err).__name__}: {err}")
                     continue
-                if shard_vectors.shape != (len(shard_keys), self.dim):  # readable but not ours: skip it
+                if shard_vectors.shape != (len(shard_keys), self.dim):  # readable but not ours
+                    self._move_aside(shard, f"vectors of shape {shard_vectors.shape}, expected (n, {self.dim})")
                     continue
                 keys.append(shard_keys)
                 vectors.append(shard_vectors)
@@ -101,6 +153,17 @@ class EmbeddingDiskCache:
             if not vanished:
                 break
         return paths, keys, vectors
+
+    def _move_aside(self, shard: Path, why: str) -> None:
+        """Rename an unreadable shard to ``*.unreadable`` (out of every later process's way) and say so."""
+        target = shard.with_name(shard.name + ".unreadable")
+        try:
+            os.replace(shard, target)
+            where = f"moved to {target}"
+        except OSError as err:
+            where = f"could not move it aside ({err}); delete it by hand"
+        warnings.warn(f"embedding cache shard {shard} is unreadable ({why[:200]}): skipped, {where}",
+                      RuntimeWarning, stacklevel=3)
 
     def _load(self) -> None:
         _, keys, vectors = self._read_shards()
@@ -136,18 +199,31 @@ class EmbeddingDiskCache:
         """Write pending vectors as one shard (atomically), then compact or trim if needed."""
         if not self._pending:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         keys = np.frombuffer(b"".join(self._pending), dtype=np.uint8).reshape(-1, 16)
         vectors = np.stack(list(self._pending.values()))
-        atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=keys, vectors=vectors)
+        if self._writable:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                _write_marker(self.folder.parent)
+                atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=keys, vectors=vectors)
+            except OSError as err:  # read-only, full, or gone: a cache must never end the run
+                self._writable = False
+                warnings.warn(f"embedding cache {self.folder} cannot be written ({err}); this process keeps new "
+                              "vectors in memory only", RuntimeWarning, stacklevel=2)
         start = len(self._vectors)
         self._vectors = np.concatenate([self._vectors, vectors])
         for offset, key in enumerate(keys):
             self._index[key.tobytes()] = start + offset
         self._pending = {}
-        if len(self._shards()) > MAX_SHARDS:
-            self._compact()
-        self._trim()
+        if not self._writable:
+            return
+        try:
+            if len(self._shards()) > MAX_SHARDS:
+                self._compact()
+            self._trim()
+        except OSError as err:
+            warnings.warn(f"embedding cache {self.folder}: could not compact or trim ({err})", RuntimeWarning,
+                          stacklevel=2)
 
     def _compact(self) -> None:
         """Merge the shards on disk into one, written before exactly those shards are removed.
@@ -180,14 +256,49 @@ class EmbeddingDiskCache:
         return sum(s.stat().st_size for s in self._shards())
 
     def clear(self) -> None:
-        """Delete this fingerprint's folder and forget everything in memory."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete this model's shard files (nothing else) and forget everything in memory."""
+        if self.folder.is_dir():
+            _delete_own_files(self.folder)
         self._index, self._pending = {}, {}
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)
 
 
-def clear_all(root: Path | None = None) -> Path:
-    """Delete the whole cache folder (every model); returns the folder removed."""
+def clear_all(root: Path | None = None) -> tuple[Path, int]:
+    """Delete every model's shard files under the cache root; returns the root and the files removed.
+
+    Raises :class:`CacheClearRefused` when the root exists but lacks the marker this module writes: it is
+    then some other folder (``$QRAG_CACHE_DIR=.`` or a typo), and nothing in it is touched. Within a marked
+    root only model folders' shard files go; other files, and the folders that hold them, stay.
+    """
     folder = root or default_cache_root()
-    shutil.rmtree(folder, ignore_errors=True)
-    return folder
+    if not folder.exists():
+        return folder, 0
+    if not is_cache_root(folder):
+        raise CacheClearRefused(
+            f"{folder} is not a qrag-gym embedding cache (it has no {MARKER} written by the cache), so nothing "
+            f"was deleted. Check ${CACHE_ENV_VAR}; delete the folder by hand if it really is an old cache."
+        )
+    removed = 0
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink() and _FINGERPRINT.fullmatch(child.name):
+            removed += _delete_own_files(child)
+    if not any(path.name != MARKER for path in folder.iterdir()):
+        (folder / MARKER).unlink(missing_ok=True)
+        folder.rmdir()
+    return folder, removed
+
+
+_ONE_OFF: list[re.Pattern[str]] = []
+
+
+def register_one_off_texts(pattern: re.Pattern[str]) -> None:
+    """Texts matching ``pattern`` (full match) are freshly generated each time (NIAH's random needles):
+    they are kept in memory but never written to the disk cache, where they would only push out the
+    vectors that recur (book sentences) when the cache trims its oldest shards."""
+    if pattern not in _ONE_OFF:
+        _ONE_OFF.append(pattern)
+
+
+def is_one_off(text: str) -> bool:
+    """True when ``text`` is a registered generated text (see :func:`register_one_off_texts`)."""
+    return any(pattern.fullmatch(text) for pattern in _ONE_OFF)

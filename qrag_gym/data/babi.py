@@ -23,6 +23,8 @@ TASK_STEMS = {
 }
 """File names of the bAbI v1.2 release without ``_train.txt`` / ``_test.txt``."""
 TASKS = tuple(TASK_STEMS)
+TASK_FILES = {task: f"{stem}_train.txt" for task, stem in TASK_STEMS.items()}
+"""The training file of each task (its test file ends in ``_test.txt``)."""
 SPLITS = ("train", "validation", "test")
 
 VALIDATION_EVERY = 10
@@ -99,14 +101,22 @@ def parse_babi_lines(lines: list[str], task: str, origin: str = "<memory>") -> l
             raise BabiFormatError(f"{where}: supporting ids {ids!r} do not name earlier statements") from err
         if not supporting or not answer:
             raise BabiFormatError(f"{where}: question without answer or supporting ids")
+        if len(set(supporting)) != len(supporting):  # a repeated id would count one fact twice in the reward
+            raise BabiFormatError(f"{where}: supporting ids {ids!r} name a statement more than once")
         samples.append(BabiSample(tuple(story), question, answer, supporting, task, story_index))
     return samples
 
 
 def load_babi_file(path: Path, task: str) -> list[BabiSample]:
-    """Parse one bAbI file (see :func:`parse_babi_lines`)."""
-    with open(path, encoding="utf-8") as handle:
-        return parse_babi_lines(handle.readlines(), task, origin=str(path))
+    """Parse one bAbI file (see :func:`parse_babi_lines`); a line that is not UTF-8 is an error naming it."""
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise BabiFormatError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return parse_babi_lines(lines, task, origin=str(path))
 
 
 def task_path(babi_dir: str | Path, task: str, part: str = "train") -> Path:

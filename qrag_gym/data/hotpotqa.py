@@ -57,14 +57,24 @@ def _squash(text: str) -> str:
     return " ".join(text.split())
 
 
+def _text(record: dict[str, Any], key: str) -> str:
+    """``record[key]`` when it is a string; ``null`` or a number is an error naming the field."""
+    value = record[key]
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} is {json.dumps(value)[:40]}, expected a string")
+    return value
+
+
 def _from_processed(record: dict[str, Any]) -> HotpotQuestion:
     contexts = record["contexts"]
     answers = tuple(span for obj in record["answers_objects"] for span in obj["spans"])
+    if not all(isinstance(answer, str) for answer in answers):
+        raise ValueError(f"answer spans {answers!r} are not all strings")
     return HotpotQuestion(
         qid=str(record["question_id"]),
-        question=record["question_text"],
+        question=_text(record, "question_text"),
         answers=answers,
-        paragraphs=tuple((c["title"], _squash(c["paragraph_text"])) for c in contexts),
+        paragraphs=tuple((_text(c, "title"), _squash(_text(c, "paragraph_text"))) for c in contexts),
         supporting=tuple(i for i, c in enumerate(contexts) if c["is_supporting"]),
     )
 
@@ -72,10 +82,13 @@ def _from_processed(record: dict[str, Any]) -> HotpotQuestion:
 def _from_official(record: dict[str, Any]) -> HotpotQuestion:
     titles = {title for title, _ in record["supporting_facts"]}
     context = record["context"]
+    for title, sentences in context:
+        if not isinstance(title, str) or not all(isinstance(sentence, str) for sentence in sentences):
+            raise ValueError(f"context entry {json.dumps([title, sentences])[:60]} needs a title and a list of strings")
     return HotpotQuestion(
         qid=str(record["_id"]),
-        question=record["question"],
-        answers=(record["answer"],),
+        question=_text(record, "question"),
+        answers=(_text(record, "answer"),),
         paragraphs=tuple((title, _squash(" ".join(sentences))) for title, sentences in context),
         supporting=tuple(i for i, (title, _) in enumerate(context) if title in titles),
     )
@@ -106,12 +119,15 @@ def load_hotpotqa(path: str | Path) -> list[HotpotQuestion]:
     if not path.is_file():
         raise FileNotFoundError(f"HotpotQA file {path} does not exist")
     questions: list[HotpotQuestion] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 questions.append(parse_record(json.loads(line)))
+            except UnicodeDecodeError as err:
+                raise HotpotQAFormatError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from err
             except (ValueError, KeyError, TypeError) as err:
                 detail = f"missing field {err}" if isinstance(err, KeyError) else str(err)
                 raise HotpotQAFormatError(f"{path}:{number}: not a HotpotQA record: {detail}") from err

@@ -16,6 +16,7 @@ reuse a key (or value) that is asked, so the supporting chunks are exactly the n
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -23,7 +24,9 @@ from typing import Callable
 import numpy as np
 
 from qrag_gym.data.noise import NoiseCorpus
+from qrag_gym.cache import register_one_off_texts
 from qrag_gym.episode import Episode
+from qrag_gym.validation import positive_int
 
 HAYSTACK_TYPES = ("repeat", "essay", "needle")
 VALUE_TYPES = ("words", "numbers", "uuids")
@@ -34,6 +37,13 @@ REPEAT_SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yello
 
 NEEDLE_TEMPLATE = "One of the special magic {kind} for {key} is: {value}."
 _SINGULAR = {"words": "word", "numbers": "number", "uuids": "uuid"}
+NEEDLE_PATTERN = re.compile(r"One of the special magic (?:words|numbers|uuids) for \S+ is: \S+\.")
+"""Every needle (real or distractor): random keys and values, so never worth a place in the disk cache."""
+register_one_off_texts(NEEDLE_PATTERN)
+
+
+MAX_NEEDLES = 10_000
+"""Per count (keys, values per key, asked keys): far past RULER's 4, short of exhausting memory."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +64,7 @@ class NiahConfig:
             if getattr(self, name) not in VALUE_TYPES:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {VALUE_TYPES}")
         for name in ("num_needle_k", "num_needle_v", "num_needle_q"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            object.__setattr__(self, name, positive_int(name, getattr(self, name), MAX_NEEDLES))
         if self.num_needle_q > self.num_needle_k:
             raise ValueError(f"num_needle_q={self.num_needle_q} asks more keys than num_needle_k={self.num_needle_k}")
 

@@ -21,6 +21,10 @@ BOOK_SPLIT_RULE = f"sorted book index % {VALIDATION_BOOK_EVERY} == {VALIDATION_B
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
 _MIN_WORDS = 3
+MAX_SENTENCE_WORDS = 2_000
+"""Longer "sentences" (a book without sentence breaks) are cut into pieces of this many words, so one
+chunk can never hold a whole book. The bound sits above the longest sentence of the shipped books (1,734
+words, a Whitman catalogue), so their sentences, and hence every seeded episode, are unchanged."""
 _ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Mme|Mlle|Capt|Col|Gen|Rev)\.$")
 
 
@@ -28,6 +32,7 @@ def split_sentences(text: str) -> list[str]:
     """Split prose into sentences: paragraphs are re-joined, then cut after . ! ? before a capital.
 
     Fragments under three words (chapter headings, "Yes.") are dropped: they are not useful noise.
+    Sentences over :data:`MAX_SENTENCE_WORDS` words are cut into pieces of at most that many.
     """
     sentences: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
@@ -38,11 +43,23 @@ def split_sentences(text: str) -> list[str]:
             if _ABBREVIATION.search(pending):
                 continue  # "Mr." ends no sentence: glue the next piece on
             if len(pending.split()) >= _MIN_WORDS:
-                sentences.append(pending)
+                sentences.extend(_capped(pending))
             pending = ""
         if len(pending.split()) >= _MIN_WORDS:
-            sentences.append(pending)
+            sentences.extend(_capped(pending))
     return sentences
+
+
+def _capped(sentence: str) -> list[str]:
+    """``sentence`` itself, or its consecutive pieces of :data:`MAX_SENTENCE_WORDS` words."""
+    words = sentence.split()
+    if len(words) <= MAX_SENTENCE_WORDS:
+        return [sentence]
+    return [" ".join(words[i:i + MAX_SENTENCE_WORDS]) for i in range(0, len(words), MAX_SENTENCE_WORDS)]
+
+
+class NoiseCorpusError(ValueError):
+    """A noise folder yields no usable sentences; the message names the folder."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ class NoiseCorpus:
         """
         if need <= 0:
             return np.zeros(0, dtype=np.int64)
-        mean = float(tokens.mean())
+        mean = float(tokens.mean())  # a first guess only: the loop below draws until ``need`` is met
         index = self.sample_runs(rng, min(int(need / mean * 1.2) + 64, limit))
         while index.size < limit and int(tokens[index].sum()) < need:  # a run of short sentences
             more = self.sample_runs(rng, min(int(need / mean * 0.2) + 64, limit - index.size))
@@ -119,6 +136,10 @@ def _load_book_corpus_cached(folder: str, split: str) -> NoiseCorpus:
             starts.append(len(sentences))
             names.append(path.stem)
             sentences.extend(book)
+    if not sentences:
+        raise NoiseCorpusError(
+            f"noise folder {folder}: its {len(chosen)} {split} book(s) of {len(files)} .txt files hold no sentence of "
+            f"{_MIN_WORDS}+ words; put real prose there (plain-text books, one per .txt file)")
     return NoiseCorpus(tuple(sentences), np.asarray(starts, dtype=np.int64), tuple(names), source="gutenberg")
 
 

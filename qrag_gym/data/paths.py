@@ -1,4 +1,8 @@
-"""Where benchmark data lives: explicit argument, then ``QRAG_DATA_DIR``, then the user cache folder."""
+"""Where benchmark data lives: an explicit argument, else ``QRAG_DATA_DIR``, then the user data folder.
+
+An explicit folder is the only place searched: topping it up from ``$QRAG_DATA_DIR`` would mix, say, its
+stories with another machine's books without a word.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,13 @@ def user_data_dir() -> Path:
 
 
 def candidate_data_dirs(explicit: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
-    """The folders searched for data, in order, each with a label saying why it is searched."""
-    found: list[tuple[str, Path]] = []
+    """The folders searched for data, in order, each with a label saying why it is searched.
+
+    An explicit folder is searched alone (everything comes from there, or the error says what is missing).
+    """
     if explicit is not None:
-        found.append(("data_dir argument", Path(explicit).expanduser()))
+        return [("data_dir argument", Path(explicit).expanduser())]
+    found: list[tuple[str, Path]] = []
     if os.environ.get(DATA_ENV_VAR):
         found.append((f"${DATA_ENV_VAR}", Path(os.environ[DATA_ENV_VAR]).expanduser()))
     found.append(("user data folder", user_data_dir()))
@@ -47,8 +54,8 @@ def require_data_subdir(subdir: str, explicit: str | os.PathLike[str] | None = N
     path = find_data_subdir(subdir, explicit)
     if path is None:
         searched = "\n".join(f"  - {root / subdir} ({why})" for why, root in candidate_data_dirs(explicit))
-        raise DataNotFoundError(
-            f"no '{subdir}' data folder found. Searched, in order:\n{searched}\n"
-            f"Pass data_dir=..., or set {DATA_ENV_VAR} to the folder that holds '{subdir}/'."
-        )
+        advice = (f"Put '{subdir}/' into data_dir={str(explicit)!r} or pass a data_dir that holds it (an explicit "
+                  f"data_dir is the only place searched)." if explicit is not None else
+                  f"Pass data_dir=..., or set {DATA_ENV_VAR} to the folder that holds '{subdir}/'.")
+        raise DataNotFoundError(f"no '{subdir}' data folder found. Searched, in order:\n{searched}\n{advice}")
     return path

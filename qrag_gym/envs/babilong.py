@@ -21,6 +21,7 @@ from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.embedding import count_tokens, load_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
 from qrag_gym.episode import Episode
+from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, MAX_NUM_SENTENCES, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None,
     """Resolve real data (``babi/en-10k`` + ``noise/gutenberg``) or the offline generator.
 
     ``source="auto"`` takes real data when the data folder is found and falls back to generated
-    stories with synthetic noise otherwise (logged, and labelled in every episode's ``source``).
+    stories with synthetic noise otherwise (logged, and labelled in every episode's ``source``). An
+    explicit ``data_dir`` is never replaced by generated data: what it lacks is an error.
     ``split="test"`` is the official bAbI test file with the held-out (validation) books; it has no
     generated stand-in.
     """
@@ -61,7 +63,7 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None,
     check_task(task)
     tokenizer = load_tokenizer(tokenizer_name)
     babi_dir = find_data_subdir("babi/en-10k", data_dir) if source == "auto" else None
-    if source == "real" or babi_dir is not None:
+    if source == "real" or babi_dir is not None or (source == "auto" and data_dir is not None):
         babi_dir = require_data_subdir("babi/en-10k", data_dir)
         samples = load_split(babi_dir, task, split)
         books = "validation" if split == "test" else split  # the test stories hide among held-out books
@@ -88,10 +90,11 @@ _SOURCE_CACHE: dict[tuple[Any, ...], BabilongSource] = {}
 def cached_source(task: str, split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> BabilongSource:
     """:func:`load_source`, once per process per argument set (vector envs share one copy).
 
-    The key holds the data folder as resolved now, so a changed ``$QRAG_DATA_DIR`` is honoured.
+    The key holds every data folder as resolved now (stories and books), so a changed ``$QRAG_DATA_DIR``
+    or another ``data_dir`` with other books is honoured.
     """
-    resolved = find_data_subdir("babi/en-10k", data_dir) if source != "generated" else None
-    key = (task, split, source, str(resolved), tokenizer_name)
+    folders = [] if source == "generated" else [find_data_subdir(sub, data_dir) for sub in ("babi/en-10k", "noise/gutenberg")]
+    key = (task, split, source, *(str(f.resolve()) if f else None for f in folders), tokenizer_name)
     if key not in _SOURCE_CACHE:
         _SOURCE_CACHE[key] = load_source(task, split, source, data_dir, tokenizer_name)
     return _SOURCE_CACHE[key]
@@ -187,9 +190,12 @@ class BabilongEnv(RetrievalEnv):
             raise ValueError("give context_tokens or num_sentences, not both")
         if context_tokens is None and num_sentences is None:
             context_tokens = 4_000
-        length = context_tokens if context_tokens is not None else num_sentences
-        if int(length) < 1:
-            raise ValueError(f"context length must be positive, got {length}")
+        if context_tokens is not None:
+            context_tokens = positive_int("context_tokens", context_tokens, MAX_CONTEXT_TOKENS)
+        if num_sentences is not None:
+            num_sentences = positive_int("num_sentences", num_sentences, MAX_NUM_SENTENCES)
+        if max_chunks is not None:
+            max_chunks = positive_int("max_chunks", max_chunks, MAX_CHUNKS)
         tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
         self.task, self.split = check_task(task), split
         self.context_tokens, self.num_sentences = context_tokens, num_sentences
@@ -201,10 +207,10 @@ class BabilongEnv(RetrievalEnv):
         if max_chunks is None:
             if num_sentences is not None:
                 noise_chunks = num_sentences
-            else:
-                min_mean = float(np.mean(self._source.noise_tokens))
-                noise_chunks = int(context_tokens / min_mean * _CAPACITY_SLACK) + 64
-            max_chunks = noise_chunks + self._source.max_facts
+            else:  # the median: one huge "sentence" must not shrink the action space (a mean did)
+                typical = max(float(np.median(self._source.noise_tokens)), 1.0)
+                noise_chunks = int(context_tokens / typical * _CAPACITY_SLACK) + 64
+            max_chunks = min(noise_chunks + self._source.max_facts, MAX_CHUNKS)
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
                          invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
@@ -226,6 +232,13 @@ class BabilongEnv(RetrievalEnv):
         sample = self._source.samples[index]
         return assemble(sample, self._source, self.np_random, self._tokens_of(sample.facts),
                         self.context_tokens, self.num_sentences, self.max_chunks)
+
+    def _shortfall(self, episode: Episode) -> str | None:
+        if self.context_tokens is not None and episode.num_tokens < self.context_tokens:
+            return f"document of {episode.num_tokens} tokens for context_tokens={self.context_tokens}"
+        if self.num_sentences is not None and len(episode.chunks) < self.num_sentences:
+            return f"document of {len(episode.chunks)} sentences for num_sentences={self.num_sentences}"
+        return None
 
     def _episode_info(self) -> dict[str, Any]:
         rule = "official bAbI test file" if self.split == "test" else SPLIT_RULE

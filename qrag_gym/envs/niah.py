@@ -20,6 +20,7 @@ from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.embedding import count_tokens, load_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
 from qrag_gym.episode import Episode
+from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,13 @@ def essay_source(split: str, source: str, data_dir: str | Path | None, tokenizer
     """Book sentences for the essay haystack, token-counted once per process per argument set.
 
     ``source="auto"`` uses ``noise/gutenberg`` when a data folder has it, else labelled synthetic
-    filler (logged); ``"real"`` requires the books and says where it looked when they are missing.
+    filler (logged); ``"real"`` requires the books and says where it looked when they are missing, and
+    so does an explicit ``data_dir`` without them. The cache key holds the book folder as resolved now.
     """
-    key = (split, source, str(data_dir), tokenizer_name)
+    books = find_data_subdir("noise/gutenberg", data_dir) if source != "generated" else None
+    key = (split, source, str(books.resolve()) if books else None, tokenizer_name)
     if key not in _ESSAY_CACHE:
-        books = find_data_subdir("noise/gutenberg", data_dir) if source == "auto" else None
-        if source == "real" or books is not None:
+        if source == "real" or books is not None or (source == "auto" and data_dir is not None):
             corpus = load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), split)
             label = "niah-gutenberg"
         else:
@@ -123,8 +125,10 @@ class NiahEnv(RetrievalEnv):
             raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-        if int(context_tokens) < 1:
-            raise ValueError(f"context_tokens must be positive, got {context_tokens}")
+        context_tokens = positive_int("context_tokens", context_tokens, MAX_CONTEXT_TOKENS)
+        max_steps = positive_int("max_steps", max_steps, MAX_CHUNKS)
+        if max_chunks is not None:
+            max_chunks = positive_int("max_chunks", max_chunks, MAX_CHUNKS)
         if max_steps < self.config.num_supporting:
             raise ValueError(f"max_steps={max_steps} is below the {self.config.num_supporting} needles asked: "
                              "no episode could be completed")
@@ -135,7 +139,7 @@ class NiahEnv(RetrievalEnv):
         self._repeat_tokens = self._count(list(REPEAT_SENTENCES))
         if max_chunks is None:
             max_chunks = int(self.context_tokens / self._mean_sentence_tokens() * _CAPACITY_SLACK) + 64
-            max_chunks += self.config.num_needles
+            max_chunks = min(max_chunks + self.config.num_needles, MAX_CHUNKS)
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
                          invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
@@ -144,8 +148,8 @@ class NiahEnv(RetrievalEnv):
 
     def _mean_sentence_tokens(self) -> float:
         """Mean tokens per haystack sentence, to size the action space before any episode exists."""
-        if self._essay is not None:
-            return float(self._essay.tokens.mean())
+        if self._essay is not None:  # the median: one huge book "sentence" must not shrink the action space
+            return max(float(np.median(self._essay.tokens)), 1.0)
         if self.config.haystack == "repeat":
             return float(self._repeat_tokens.mean())
         probe = np.random.default_rng(0)  # a fixed probe: sizing must not consume self.np_random
@@ -161,6 +165,11 @@ class NiahEnv(RetrievalEnv):
             corpus=essay.corpus if essay else None, corpus_tokens=essay.tokens if essay else None,
             repeat_tokens=self._repeat_tokens,
         )
+
+    def _shortfall(self, episode: Episode) -> str | None:
+        if episode.num_tokens < self.context_tokens:
+            return f"document of {episode.num_tokens} tokens for context_tokens={self.context_tokens}"
+        return None
 
     def _episode_info(self) -> dict[str, Any]:
         episode = self._require_episode()

@@ -6,6 +6,7 @@ spaces, masks, reward, termination, info and rendering live here once.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any, SupportsFloat
 
@@ -14,6 +15,8 @@ import numpy as np
 from gymnasium import spaces
 
 from qrag_gym.embedding import TextEmbedder, shared_embedder
+from qrag_gym.envs.text_space import QuestionText
+from qrag_gym.validation import MAX_CHUNKS, finite_float, flag, positive_int
 from qrag_gym.episode import Episode
 
 QUESTION_MAX_CHARS = 2048
@@ -25,6 +28,14 @@ REWARD_VARIANTS = ("shaped", "binary")
 
 class InvalidActionError(ValueError):
     """An action outside ``Discrete(max_chunks)``: not an int, or out of range."""
+
+
+class DocumentTooShortWarning(UserWarning):
+    """An episode's document is shorter than the length asked (usually: ``max_chunks`` too small)."""
+
+
+class EpisodeEndedError(RuntimeError):
+    """``step()`` after the episode terminated or was truncated: call ``reset()`` first."""
 
 
 class RetrievalEnv(gym.Env, ABC):
@@ -60,7 +71,8 @@ class RetrievalEnv(gym.Env, ABC):
     ## Episode end
     Terminated when every supporting chunk is selected, unless ``never_terminate`` (the authors'
     training setting, which always runs ``max_steps``). Truncated after ``max_steps`` steps or when no
-    chunk is left.
+    chunk is left. ``step()`` after that raises :class:`EpisodeEndedError` (it would count steps past
+    ``max_steps`` and pay the binary reward again).
 
     ## Embedder-scored actions
     With ``embedder=`` (a model id/path, or a :class:`TextEmbedder`), :meth:`chunk_vectors` encodes the
@@ -84,25 +96,23 @@ class RetrievalEnv(gym.Env, ABC):
         render_mode: str | None = None,
         per_fact_reward: float = 0.0,
     ) -> None:
-        if reward not in REWARD_VARIANTS:
+        if not isinstance(reward, str) or reward not in REWARD_VARIANTS:
             raise ValueError(f"unknown reward variant {reward!r}; choose one of {REWARD_VARIANTS}")
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unsupported render_mode {render_mode!r}; only 'ansi'")
-        self.max_chunks = int(max_chunks)
-        self.max_steps = int(max_steps)
+        self.max_chunks = positive_int("max_chunks", max_chunks, MAX_CHUNKS)
+        self.max_steps = positive_int("max_steps", max_steps, MAX_CHUNKS)
         self.reward_variant = reward
-        self.penalize_extra_steps = penalize_extra_steps
-        self.never_terminate = never_terminate
-        self.invalid_action_penalty = float(invalid_action_penalty)
-        self.per_fact_reward = float(per_fact_reward)
+        self.penalize_extra_steps = flag("penalize_extra_steps", penalize_extra_steps)
+        self.never_terminate = flag("never_terminate", never_terminate)
+        self.invalid_action_penalty = finite_float("invalid_action_penalty", invalid_action_penalty)
+        self.per_fact_reward = finite_float("per_fact_reward", per_fact_reward)
         self.render_mode = render_mode
         self._embedder_spec = embedder
         self.action_space = spaces.Discrete(self.max_chunks)
         self.observation_space = spaces.Dict(
             {
-                "question": spaces.Text(QUESTION_MAX_CHARS, charset=TEXT_CHARSET),
+                "question": QuestionText(QUESTION_MAX_CHARS, charset=TEXT_CHARSET),  # async-vector safe
                 "selected": spaces.Box(-1, self.max_chunks - 1, shape=(self.max_steps,), dtype=np.int64),
                 "action_mask": spaces.MultiBinary(self.max_chunks),
             }
@@ -131,6 +141,10 @@ class RetrievalEnv(gym.Env, ABC):
     def _episode_for_question(self, index: int) -> Episode:
         """The episode of question ``index`` (envs with a fixed question set override this)."""
         raise NotImplementedError(f"{type(self).__name__} has no fixed question set")
+
+    def _shortfall(self, episode: Episode) -> str | None:
+        """How ``episode`` falls short of the length asked, or None (subclasses that take a length say)."""
+        return None
 
     # ----- episode state ---------------------------------------------------------------------------
     @property
@@ -165,11 +179,18 @@ class RetrievalEnv(gym.Env, ABC):
         if len(episode.chunks) > self.max_chunks:
             raise ValueError(f"episode has {len(episode.chunks)} chunks; this env holds at most {self.max_chunks}")
         self.episode = episode
+        shortfall = self._shortfall(episode)
+        if shortfall and not getattr(self, "_warned_short", False):
+            self._warned_short = True  # once per env: every episode of it is sized the same way
+            warnings.warn(f"{type(self).__name__}: {shortfall}; max_chunks={self.max_chunks} caps the document. "
+                          "Leave max_chunks unset (sized for the length) or raise it", DocumentTooShortWarning,
+                          stacklevel=3)
         self._selected: list[int] = []
         self._mask = np.zeros(self.max_chunks, dtype=np.int8)
         self._mask[: len(episode.chunks)] = 1
         self._steps = 0
         self._completed = False
+        self._ended = False
         self._vectors = None
         return self._observation(), self._info(invalid=False)
 
@@ -183,6 +204,8 @@ class RetrievalEnv(gym.Env, ABC):
 
     def step(self, action: Any) -> tuple[dict[str, Any], SupportsFloat, bool, bool, dict[str, Any]]:
         episode = self._require_episode()
+        if self._ended:
+            raise EpisodeEndedError(f"step() after the episode ended (at step {self._steps}); call reset() first")
         index = self._check_action(action)
         invalid = not self._mask[index]
         self._steps += 1
@@ -203,12 +226,13 @@ class RetrievalEnv(gym.Env, ABC):
             reward += 0.5 + 0.5 * share if self.penalize_extra_steps else 1.0
         elif self.reward_variant == "binary" and (terminated or truncated) and self._completed:
             reward += 1.0
+        self._ended = terminated or truncated
         return self._observation(), reward, terminated, truncated, self._info(invalid)
 
     def _check_action(self, action: Any) -> int:
         try:
             index = int(action)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:  # OverflowError: int(float("inf"))
             raise InvalidActionError(f"action must be an integer chunk index, got {action!r}") from err
         if index != action or not 0 <= index < self.max_chunks:
             raise InvalidActionError(f"action {action!r} is outside Discrete({self.max_chunks})")
