@@ -79,7 +79,7 @@ class ShortlistFeatures:
         return Shortlist(np.clip(observation, -1.0, 1.0), candidates, mask)
 
 
-class ShortlistView(gym.Wrapper):
+class ShortlistView(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """``Box`` features of the top-``k`` candidates and ``Discrete(k)`` actions, with ``action_masks()``.
 
     An empty slot (fewer than ``k`` chunks left) is never passed to the env as an invalid action:
@@ -89,7 +89,8 @@ class ShortlistView(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, k: int = 8) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, k=k)  # so check_env and make_vec can rebuild it
+        gym.Wrapper.__init__(self, env)
         base = env.unwrapped
         if not isinstance(base, RetrievalEnv):
             raise TypeError(f"ShortlistView needs a RetrievalEnv, got {type(base).__name__}")

@@ -79,3 +79,42 @@ def test_features_match_the_embedder(make_env) -> None:
     dim = view.env.unwrapped.embedder.dim
     first = obs[dim: 2 * dim]
     np.testing.assert_allclose(first, view.env.unwrapped.chunk_vectors()[info["candidates"][0]], atol=1e-6)
+
+
+def test_gymnasium_check_env_and_sb3_make_vec_env_take_the_view(data_dir) -> None:
+    """Gymnasium's checker rebuilds wrappers from their constructor arguments; SB3's make_vec_env asks for
+    render_mode='rgb_array'. Both used to fail on the view."""
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import gymnasium as gym
+
+    env = gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=40, split="validation", data_dir=str(data_dir))
+    gym_check_env(ShortlistView(env, k=4), skip_render_check=True)
+    vec = make_vec_env("QRAG-Babilong-v0", n_envs=2, seed=0, wrapper_class=ShortlistView, wrapper_kwargs={"k": 4},
+                       env_kwargs={"task": "qa2", "num_sentences": 40, "split": "validation", "data_dir": str(data_dir)})
+    observations = vec.reset()
+    assert observations.shape == (2, *ShortlistView(env, k=4).observation_space.shape)
+    frame = vec.envs[0].render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+
+
+def test_rgb_array_render_maps_selected_and_supporting_chunks(data_dir) -> None:
+    import gymnasium as gym
+
+    env = gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=40, split="validation", data_dir=str(data_dir),
+                   render_mode="rgb_array", never_terminate=True)
+    _, info = env.reset(seed=1)
+    first, second = info["supporting_ids"]
+    env.step(first)
+    frame = env.render()
+    assert frame.shape == (24, env.unwrapped.num_chunks, 3)
+    assert frame[0, first].tolist() == [30, 170, 60] and frame[0, second].tolist() == [220, 40, 40]
+
+
+def test_observation_space_prints_in_one_short_line(data_dir) -> None:
+    import gymnasium as gym
+
+    env = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=40, split="validation", data_dir=str(data_dir))
+    text = repr(env.observation_space)
+    assert "\n" not in text and len(text) < 300 and "Text(1, 2048, charset=<" in text

@@ -81,7 +81,7 @@ class RetrievalEnv(gym.Env, ABC):
     first ``embed_max_tokens`` tokens of each chunk (64, the paper's BABILong/NIAH chunk length).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
     embed_max_tokens = 64
 
     def __init__(
@@ -99,7 +99,7 @@ class RetrievalEnv(gym.Env, ABC):
         if not isinstance(reward, str) or reward not in REWARD_VARIANTS:
             raise ValueError(f"unknown reward variant {reward!r}; choose one of {REWARD_VARIANTS}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"unsupported render_mode {render_mode!r}; only 'ansi'")
+            raise ValueError(f"unsupported render_mode {render_mode!r}; choose one of {self.metadata['render_modes']}")
         self.max_chunks = positive_int("max_chunks", max_chunks, MAX_CHUNKS)
         self.max_steps = positive_int("max_steps", max_steps, MAX_CHUNKS)
         self.reward_variant = reward
@@ -295,7 +295,12 @@ class RetrievalEnv(gym.Env, ABC):
         return scores
 
     # ----- rendering ----------------------------------------------------------------------------
-    def render(self) -> str | None:
+    def render(self) -> str | np.ndarray | None:
+        """``"ansi"``: the question and the selected chunks as text. ``"rgb_array"``: a map of the
+        document, one column per chunk (or per bin of chunks on long documents): grey unselected,
+        blue selected, green a selected supporting chunk, red a supporting chunk not yet selected."""
+        if self.render_mode == "rgb_array":
+            return self._render_map()
         if self.render_mode != "ansi":
             return None
         episode = self._require_episode()
@@ -307,3 +312,16 @@ class RetrievalEnv(gym.Env, ABC):
         missing = sorted(set(episode.supporting_ids) - set(self._selected))
         lines.append(f"step {self._steps}/{self.max_steps}; supporting not yet selected: {missing}")
         return "\n".join(lines)
+
+    def _render_map(self, width: int = 512, height: int = 24) -> np.ndarray:
+        episode = self._require_episode()
+        count = len(episode.chunks)
+        columns = min(width, count)
+        state = np.zeros(count, dtype=np.int8)  # 0 plain, 1 selected, 2 supporting missed, 3 supporting found
+        state[list(self._selected)] = 1
+        supporting = np.asarray(episode.supporting_ids, dtype=np.int64)
+        state[supporting] = np.where(state[supporting] == 1, 3, 2)
+        binned = np.zeros(columns, dtype=np.int8)  # a bin shows its most telling chunk
+        np.maximum.at(binned, np.arange(count) * columns // count, state)
+        colours = np.array([[200, 200, 200], [40, 90, 220], [220, 40, 40], [30, 170, 60]], dtype=np.uint8)
+        return np.repeat(colours[binned][None, :, :], height, axis=0)
