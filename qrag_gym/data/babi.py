@@ -23,6 +23,8 @@ TASK_STEMS = {
 }
 """File names of the bAbI v1.2 release without ``_train.txt`` / ``_test.txt``."""
 TASKS = tuple(TASK_STEMS)
+TASK_FILES = {task: f"{stem}_train.txt" for task, stem in TASK_STEMS.items()}
+"""Training file name of each task (``qrag-data`` installs and checks these, and the ``_test.txt`` beside them)."""
 SPLITS = ("train", "validation", "test")
 
 VALIDATION_EVERY = 10
