@@ -260,7 +260,7 @@ class BabilongEnv(RetrievalEnv):
         self.release = cached_release(task, self.release_length, data_dir)
         if not self.release.matched:
             raise ValueError(f"no usable samples in the BABILong release file:\n{self.release.summary()}")
-        self._release_episodes: dict[int, Episode] = {}
+        self._release_tokens: dict[int, int] = {}
         longest = self.release.max_chunks()
         if max_chunks is not None and max_chunks < longest:
             raise ValueError(f"max_chunks={max_chunks} is below the {longest} chunks of the longest release document "
@@ -268,13 +268,13 @@ class BabilongEnv(RetrievalEnv):
         self.max_chunks = max_chunks if max_chunks is not None else longest
 
     def _release_episode(self, position: int) -> Episode:
-        """The release sample's episode, its tokens counted with the embedder's tokenizer on first use."""
-        if position not in self._release_episodes:
-            assert self.release is not None
-            episode = self.release.episode(position)
-            tokens = int(count_tokens(self._tokenizer, list(episode.chunks)).sum())
-            self._release_episodes[position] = replace(episode, num_tokens=tokens)
-        return self._release_episodes[position]
+        """The release sample's episode; its tokens (embedder's tokenizer) are counted once and remembered, the
+        chunks are rebuilt per reset so that an env never holds every long haystack at once."""
+        assert self.release is not None
+        episode = self.release.episode(position)
+        if position not in self._release_tokens:
+            self._release_tokens[position] = int(count_tokens(self._tokenizer, list(episode.chunks)).sum())
+        return replace(episode, num_tokens=self._release_tokens[position])
 
     def _tokens_of(self, facts: tuple[str, ...]) -> np.ndarray:
         unknown = [f for f in facts if f not in self._fact_tokens]
