@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qrag_gym.data.babi import TASK_FILES
+from qrag_gym.data.babi import TASK_FILES, TASKS
+from qrag_gym.data.babilong_release import LENGTHS, RELEASE_DIR, release_file
 from qrag_gym.data.hotpotqa import DEFAULT_FILES
 from qrag_gym.data.noise import VALIDATION_BOOK_EVERY
 from qrag_gym.data.paths import find_data_subdir
@@ -33,6 +34,8 @@ class SourceCheck:
     folder: Path | None
     ok: bool
     lines: list[str] = field(default_factory=list)
+    optional: bool = False
+    """Not read by any default env (the BABILong release): its absence never fails the check."""
 
 
 def _locate(subdir: str, data_dir: str | os.PathLike[str] | None) -> Path | None:
@@ -97,18 +100,35 @@ def check_hotpotqa(data_dir: str | os.PathLike[str] | None = None) -> SourceChec
     return SourceCheck("hotpotqa", folder, False, [f"missing: none of {', '.join(names)} (qrag-data fetch hotpotqa)"])
 
 
+def check_babilong(data_dir: str | os.PathLike[str] | None = None) -> SourceCheck:
+    """Which release lengths are present per task (``source="babilong"``); optional, so never a failure."""
+    folder = _locate(RELEASE_DIR, data_dir)
+    if folder is None or not (folder / "data").is_dir():
+        return SourceCheck("babilong", folder, False, [f"not fetched (optional, for source='babilong': "
+                                                       f"qrag-data fetch babilong --lengths ...)"], optional=True)
+    report = SourceCheck("babilong", folder, True, optional=True)
+    for task in TASKS:
+        present = [n for n in LENGTHS if release_file(folder, task, n).is_file()]
+        size = sum(release_file(folder, task, n).stat().st_size for n in present)
+        report.lines.append(f"{task}: {' '.join(present) or 'no lengths'}" + (f" ({size / 2**20:.1f} MiB)" if present else ""))
+    others = sorted(p.name for p in (folder / "data").iterdir() if p.is_dir() and p.name not in TASKS)
+    if others:
+        report.lines.append(f"also present, not used by the env: {' '.join(others)}")
+    return report
+
+
 def check_all(data_dir: str | os.PathLike[str] | None = None) -> list[SourceCheck]:
-    return [check_babi(data_dir), check_books(data_dir), check_hotpotqa(data_dir)]
+    return [check_babi(data_dir), check_books(data_dir), check_hotpotqa(data_dir), check_babilong(data_dir)]
 
 
 def format_report(checks: list[SourceCheck], data_dir: str | os.PathLike[str] | None) -> str:
     where = f"in {data_dir} only" if data_dir is not None else "where the envs look ($QRAG_DATA_DIR, then the user data folder)"
     out = [f"Data {where}:"]
     for check in checks:
-        status = "ok" if check.ok else "MISSING"
+        status = "ok" if check.ok else "absent" if check.optional else "MISSING"
         out.append(f"{check.name:9s} {status:8s} {check.folder if check.folder else '-'}")
         out.extend(f"            {line}" for line in check.lines)
-    missing = [c.name for c in checks if not c.ok]
+    missing = [c.name for c in checks if not c.ok and not c.optional]
     if missing:
         to = f" --to {data_dir}" if data_dir is not None else ""
         out.append(f"Not everything the default envs need is there: run `qrag-data fetch {' '.join(missing)}{to}`.")

@@ -9,12 +9,14 @@ sentences, as in the paper's table :data:`PAPER_SENTENCES`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qrag_gym.data.babilong_release import (MATCH_RULE, REPO_ID, ReleaseSet, check_length, load_release,
+                                            require_release_file)
 from qrag_gym.data.babi import SPLIT_RULE, SPLITS, TASKS, BabiSample, check_task, load_split, split_samples
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
@@ -28,7 +30,9 @@ logger = logging.getLogger(__name__)
 PAPER_SENTENCES = {"1K": 50, "4K": 160, "32K": 1_200, "128K": 4_600, "1M": 40_000, "10M": 400_000}
 """num_sentences the paper uses for each context length (about 20-25 tokens per sentence)."""
 
-SOURCES = ("auto", "real", "generated")
+SOURCES = ("auto", "real", "generated", "babilong")
+RELEASE_SOURCE = "babilong"
+"""``source="babilong"``: the official BABILong release's pre-built haystacks (see :mod:`qrag_gym.data.babilong_release`)."""
 GENERATED_STORIES = 2_000
 _CAPACITY_SLACK = 1.5
 
@@ -85,6 +89,22 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None,
 
 
 _SOURCE_CACHE: dict[tuple[Any, ...], BabilongSource] = {}
+_RELEASE_CACHE: dict[tuple[Any, ...], ReleaseSet] = {}
+
+
+def cached_release(task: str, length: str, data_dir: str | Path | None) -> ReleaseSet:
+    """:func:`~qrag_gym.data.babilong_release.load_release`, once per process per file (vector envs share it).
+
+    Unmatched samples are logged once here, with every reason, when the file is first read.
+    """
+    path = require_release_file(task, length, data_dir)
+    key = (task, length, str(path.resolve()), path.stat().st_mtime_ns, str(find_data_subdir("babi/en-10k", data_dir)))
+    if key not in _RELEASE_CACHE:
+        release = load_release(task, length, data_dir, release_path=path)
+        if release.unmatched:
+            logger.warning("BABILong release: %s", release.summary())
+        _RELEASE_CACHE[key] = release
+    return _RELEASE_CACHE[key]
 
 
 def cached_source(task: str, split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> BabilongSource:
@@ -160,7 +180,12 @@ class BabilongEnv(RetrievalEnv):
     - ``max_steps`` (default 6, the authors' BabiLong setting), ``reward``, ``penalize_extra_steps``,
       ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
-      else the user data folder); ``source``: "auto", "real" or "generated".
+      else the user data folder); ``source``: "auto", "real", "generated" or "babilong".
+    - ``source="babilong"`` with ``release_length`` ("0k".."1M", default "4k"): the official BABILong
+      release's haystacks (``<data>/babilong/data/<task>/<length>.json``, from ``qrag-data fetch babilong``)
+      with supporting facts recovered from the official bAbI test file; questions in file order,
+      unmatched samples skipped and counted (``env.unwrapped.release.summary()``). The haystack is
+      fixed, so ``context_tokens``/``num_sentences`` do not apply, and ``split`` can only be "test".
     - ``max_chunks``: size of the action space; by default enough for the length asked.
     - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
 
@@ -173,7 +198,7 @@ class BabilongEnv(RetrievalEnv):
         task: str = "qa1",
         context_tokens: int | None = None,
         num_sentences: int | None = None,
-        split: str = "train",
+        split: str | None = None,
         max_steps: int = 6,
         reward: str = "shaped",
         penalize_extra_steps: bool = True,
@@ -185,7 +210,20 @@ class BabilongEnv(RetrievalEnv):
         embedder: str | TextEmbedder | None = None,
         render_mode: str | None = None,
         per_fact_reward: float = 0.0,
+        release_length: str | None = None,
     ) -> None:
+        tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
+        self._tokenizer = load_tokenizer(tokenizer_name)
+        self.release: ReleaseSet | None = None
+        if source == RELEASE_SOURCE:
+            self._init_release(task, context_tokens, num_sentences, split, data_dir, release_length, max_chunks)
+            super().__init__(self.max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
+                             invalid_action_penalty, embedder, render_mode, per_fact_reward)
+            return
+        if release_length is not None:
+            raise ValueError(f"release_length={release_length!r} only applies to source='babilong' (the BABILong "
+                             f"release); source={source!r} builds its own haystacks from context_tokens/num_sentences")
+        split = "train" if split is None else split
         if context_tokens is not None and num_sentences is not None:
             raise ValueError("give context_tokens or num_sentences, not both")
         if context_tokens is None and num_sentences is None:
@@ -196,13 +234,11 @@ class BabilongEnv(RetrievalEnv):
             num_sentences = positive_int("num_sentences", num_sentences, MAX_NUM_SENTENCES)
         if max_chunks is not None:
             max_chunks = positive_int("max_chunks", max_chunks, MAX_CHUNKS)
-        tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
         self.task, self.split = check_task(task), split
         self.context_tokens, self.num_sentences = context_tokens, num_sentences
         self._source = cached_source(task, split, source, data_dir, tokenizer_name)
         if not self._source.samples:
             raise ValueError(f"no {split} samples for {task}")
-        self._tokenizer = load_tokenizer(tokenizer_name)
         self._fact_tokens: dict[str, int] = {}
         if max_chunks is None:
             if num_sentences is not None:
@@ -214,6 +250,38 @@ class BabilongEnv(RetrievalEnv):
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
                          invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
+    def _init_release(self, task: str, context_tokens: int | None, num_sentences: int | None, split: str | None,
+                      data_dir: str | None, release_length: str | None, max_chunks: int | None) -> None:
+        """Read the release file (shared per process) and size the action space to its longest document."""
+        if context_tokens is not None or num_sentences is not None:
+            given = "context_tokens" if context_tokens is not None else "num_sentences"
+            raise ValueError(f"{given} does not apply to source='babilong': the release's haystacks are pre-built; "
+                             f"choose their length with release_length= (one of the release's configs, e.g. '4k')")
+        if split not in (None, "test"):
+            raise ValueError(f"split={split!r}: the BABILong release is built from the official bAbI test stories, "
+                             f"so source='babilong' only has split='test'")
+        self.task, self.split = check_task(task), "test"
+        self.release_length = check_length(release_length if release_length is not None else "4k")
+        self.context_tokens = self.num_sentences = None
+        self.release = cached_release(task, self.release_length, data_dir)
+        if not self.release.matched:
+            raise ValueError(f"no usable samples in the BABILong release file:\n{self.release.summary()}")
+        self._release_tokens: dict[int, int] = {}
+        longest = self.release.max_chunks()
+        if max_chunks is not None and max_chunks < longest:
+            raise ValueError(f"max_chunks={max_chunks} is below the {longest} chunks of the longest release document "
+                             f"({task} {self.release_length}); leave it unset to fit every document")
+        self.max_chunks = max_chunks if max_chunks is not None else longest
+
+    def _release_episode(self, position: int) -> Episode:
+        """The release sample's episode; its tokens (embedder's tokenizer) are counted once and remembered, the
+        chunks are rebuilt per reset so that an env never holds every long haystack at once."""
+        assert self.release is not None
+        episode = self.release.episode(position)
+        if position not in self._release_tokens:
+            self._release_tokens[position] = int(count_tokens(self._tokenizer, list(episode.chunks)).sum())
+        return replace(episode, num_tokens=self._release_tokens[position])
+
     def _tokens_of(self, facts: tuple[str, ...]) -> np.ndarray:
         unknown = [f for f in facts if f not in self._fact_tokens]
         for fact, n in zip(unknown, count_tokens(self._tokenizer, unknown)):
@@ -222,13 +290,20 @@ class BabilongEnv(RetrievalEnv):
 
     @property
     def num_questions(self) -> int:
-        """How many questions the split holds (``reset(options={"question_index": i})`` asks question ``i``)."""
+        """How many questions the split holds (``reset(options={"question_index": i})`` asks question ``i``).
+
+        With ``source="babilong"``: the matched release samples, ``i`` being the i-th in file order.
+        """
+        if self.release is not None:
+            return len(self.release.matched)
         return len(self._source.samples)
 
     def _sample_episode(self) -> Episode:
         return self._episode_for_question(int(self.np_random.integers(self.num_questions)))
 
     def _episode_for_question(self, index: int) -> Episode:
+        if self.release is not None:
+            return self._release_episode(index)
         sample = self._source.samples[index]
         return assemble(sample, self._source, self.np_random, self._tokens_of(sample.facts),
                         self.context_tokens, self.num_sentences, self.max_chunks)
@@ -241,6 +316,10 @@ class BabilongEnv(RetrievalEnv):
         return None
 
     def _episode_info(self) -> dict[str, Any]:
+        if self.release is not None:
+            meta = self.episode.meta if self.episode is not None else {}
+            return {"split": "test", "split_rule": f"{REPO_ID} {self.release_length} ({MATCH_RULE})",
+                    "release_index": meta.get("release_index")}
         rule = "official bAbI test file" if self.split == "test" else SPLIT_RULE
         return {"split": self.split, "split_rule": f"stories: {rule}; books: {BOOK_SPLIT_RULE}"}
 
