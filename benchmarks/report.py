@@ -24,6 +24,21 @@ from qrag_gym.metrics import wilson_interval
 
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json.gz", "episodes.csv.gz", "summary.md", "success_vs_length.png", "run.json")
+GENERATED_SUFFIX = "-GENERATED-DATA"
+"""Added to the table's and plot's file names when any episode came from generated stories or
+synthetic noise (no data folder): such numbers must never pass for benchmark results."""
+
+
+def is_generated(records: Sequence[dict[str, Any]]) -> bool:
+    """True when any record's document was generated rather than real bAbI text and books."""
+    return any("generated" in str(r.get("source")) or "synthetic" in str(r.get("source")) for r in records)
+
+
+def output_names(records: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The table and plot file names for these records (labelled when the data was generated)."""
+    if not is_generated(records):
+        return SUMMARY_MD, PLOT_PNG
+    return (SUMMARY_MD.replace(".md", f"{GENERATED_SUFFIX}.md"), PLOT_PNG.replace(".png", f"{GENERATED_SUFFIX}.png"))
 SUMMARY_METRICS = (("success_at_k", "success@k"), ("success_at_t", "success@T"), ("answer_correct", "answer accuracy"),
                    ("f1", "F1"), ("num_kept", "chunks kept"), ("seconds", "seconds per episode"))
 RATES = frozenset({"success_at_k", "success_at_t", "answer_correct"})
@@ -123,7 +138,10 @@ def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
     families = _families(tasks)
     counts = cell_means(records, "success_at_k")
     splits = sorted({str(r.get("split")) for r in records})
-    lines = ["# Benchmark summary", "",
+    title = "# Benchmark summary"
+    if is_generated(records):
+        title += " - GENERATED stories and synthetic noise, not benchmark data (no data folder was found)"
+    lines = [title, "",
              f"{len(records)} episodes on {', '.join(sorted({r['source'] for r in records}))} (splits: "
              f"{', '.join(splits)}); each cell is the mean over its episodes (n in the last table), success "
              "rates with their Wilson 95% interval in brackets. Every episode ran to the step budget T; "
@@ -212,6 +230,8 @@ def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
         axis.grid(alpha=0.3)
     for row_axes in axes:
         row_axes[0].set_ylabel("success@k")
+    if is_generated(records):
+        figure.suptitle("GENERATED stories and synthetic noise - not benchmark data", color="red")
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 8)), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.6 / figure.get_figheight(), 1, 1))
@@ -225,8 +245,9 @@ def write_outputs(out: Path, records: Sequence[dict[str, Any]], run_info: dict[s
     """(Re)write every output file of a run from all records so far."""
     write_records(out / EPISODES_JSON, records)
     write_gzip(out / EPISODES_CSV, episodes_csv(records))
-    write_atomic(out / SUMMARY_MD, summary_markdown(records).encode())
-    write_atomic(out / PLOT_PNG, plot_png(records))
+    summary_name, plot_name = output_names(records)
+    write_atomic(out / summary_name, summary_markdown(records).encode())
+    write_atomic(out / plot_name, plot_png(records))
     write_json(out / RUN_JSON, run_info)
 
 

@@ -46,7 +46,7 @@ from qrag_gym.tasks import ENV_IDS, READERS, TASK_NAMES, env_kwargs, parse_lengt
 
 ENV_ID = ENV_IDS["babilong"]
 CHEAP_AGENTS = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
-QUICK = {"agents": list(CHEAP_AGENTS), "tasks": ["qa1", "qa2"], "lengths": ["1K", "4K"], "episodes": 20}
+QUICK = {"agents": [*CHEAP_AGENTS, "qrag"], "tasks": ["qa1", "qa2"], "lengths": ["1K", "4K"], "episodes": 20}
 """The ``--quick`` preset (any option given explicitly still wins)."""
 
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help=f"preset: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
-    parser.add_argument("--agents", nargs="+", default=list(CHEAP_AGENTS),
+    parser.add_argument("--agents", nargs="+", default=[*CHEAP_AGENTS, "qrag"],
                         help="built-in names or module.path:ClassName")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK",
                         help=f"any of: {' '.join(TASK_NAMES)}")
@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-length", default="1K", help="context length of the training episodes")
     parser.add_argument("--data-dir", default=None, help="folder with babi/en-10k and noise/gutenberg "
                         "(default: $QRAG_DATA_DIR, then the user data folder)")
-    parser.add_argument("--qrag-models", default="runs", metavar="DIR",
-                        help="the qrag agent loads DIR/<task>/best (NIAH variants fall back to DIR/niah/best)")
+    parser.add_argument("--qrag-models", default=None, metavar="DIR",
+                        help="the qrag agent loads DIR/<task>/best (NIAH variants fall back to DIR/niah/best); "
+                             "default: the models that ship in the package")
     parser.add_argument("--shortlist", type=int, default=None, metavar="K",
                         help="qrag: certified faiss shortlist of K per position bucket on documents of 16,384+ chunks")
     parser.add_argument("--out", type=Path, default=None,

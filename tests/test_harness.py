@@ -214,3 +214,18 @@ def test_command_line_modules_answer_help_without_loading_torch(module: str) -> 
             "heavy = [name for name in ('torch', 'matplotlib', 'stable_baselines3', 'transformers') if name in sys.modules]\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_results_from_generated_stories_say_so_in_title_and_file_names(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without a data folder the envs fall back to generated stories; the outputs must never pass for
+    benchmark results."""
+    monkeypatch.delenv("QRAG_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "empty"))
+    assert main(["--agents", "random", "oracle", "--tasks", "qa1", "--lengths", "1K", "--episodes", "2",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "notice: no official bAbI test file" in capsys.readouterr().err
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"summary-GENERATED-DATA.md", "success_vs_length-GENERATED-DATA.png"} <= files
+    assert report.SUMMARY_MD not in files and report.PLOT_PNG not in files
+    text = (tmp_path / "run" / "summary-GENERATED-DATA.md").read_text()
+    assert text.startswith("# Benchmark summary - GENERATED stories") and "babi-generated" in text

@@ -1,9 +1,10 @@
 """Q-RAG as a benchmark agent: greedy actions from a trained model, the Q-threshold stop as ``kept``.
 
-``QRAGAgent(model="runs/qa2/best")`` uses one model for every task; ``QRAGAgent(models_dir="runs")``
-loads ``runs/<task>/best`` for whichever task an episode comes from, so one agent name covers a
-whole qa1..qa5 benchmark grid. A NIAH variant without its own model falls back to ``runs/niah/best``
-(the model ``qrag-train --task niah:all`` trains on all eight). ``shortlist=k`` takes the certified faiss shortlist on long documents
+``QRAGAgent()`` uses the models that ship in the package (:mod:`agents.qrag.pretrained`), one per
+task, for whichever task an episode comes from; ``QRAGAgent.from_pretrained("qa2")`` one of them
+for every task; ``QRAGAgent(models_dir="runs")`` a user's own ``runs/<task>/best`` folders;
+``QRAGAgent(model="runs/qa2/best")`` one model for every task. A NIAH variant without its own model
+falls back to the ``niah`` model (``qrag-train --task niah:all`` trains on all eight). ``shortlist=k`` takes the certified faiss shortlist on long documents
 (same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`agents.qrag.inference`).
 ``QRAGAgent(network=...)`` wraps a network in memory (validation during training).
 
@@ -23,6 +24,7 @@ import torch
 from agents.qrag.checkpoint import load_model
 from agents.qrag.inference import embed_document, keep_until_threshold, shortlist_step, step_q_values, use_shortlist
 from agents.qrag.networks import QNetwork
+from agents.qrag.pretrained import PRETRAINED_DIR, pretrained_folder
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.shortlist import ChunkIndex
 
@@ -30,21 +32,27 @@ from qrag_gym.shortlist import ChunkIndex
 class QRAGAgent:
     """Greedy ``argmax_a Q(s, a)`` over the available chunks, chunk embeddings computed once per episode."""
 
-    def __init__(self, model: str | None = None, models_dir: str = "runs", threshold: float | None = None,
+    def __init__(self, model: str | None = None, models_dir: str | None = None, threshold: float | None = None,
                  shortlist: int | None = None, device: str = "cpu", network: QNetwork | None = None) -> None:
-        self.model, self.models_dir, self.threshold, self.shortlist = model, Path(models_dir), threshold, shortlist
+        self.model, self.threshold, self.shortlist = model, threshold, shortlist
+        self.models_dir = None if models_dir is None else Path(models_dir)
         self.device, self._given = device, network
         self._networks: dict[str, QNetwork] = {}
         self._max_q: list[float] = []
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs: Any) -> "QRAGAgent":
+        """The shipped model ``name`` (``qa1``..``qa5``, ``niah``) for every task."""
+        return cls(model=str(pretrained_folder(name)), **kwargs)
 
     def _model_folders(self, task: str) -> list[Path]:
         """Where a model for ``task`` may be, in order of preference."""
         if self.model:
             return [Path(self.model)]
-        folders = [self.models_dir / task / "best"]
-        if task in NIAH_VARIANTS:
-            folders.append(self.models_dir / "niah" / "best")
-        return folders
+        names = [task, "niah"] if task in NIAH_VARIANTS else [task]
+        if self.models_dir is None:
+            return [PRETRAINED_DIR / name for name in names]
+        return [self.models_dir / name / "best" for name in names]
 
     def _network_for(self, task: str) -> QNetwork:
         if self._given is not None:
@@ -54,7 +62,8 @@ class QRAGAgent:
         if folder is None:
             train = f"niah:{task}" if task in NIAH_VARIANTS else task
             raise FileNotFoundError(f"no trained Q-RAG model for {task} at {' or '.join(map(str, candidates))}: "
-                                    f"train one with `qrag-train --task {train} --out {self.models_dir / task}`")
+                                    f"train one with `qrag-train --task {train} --out runs/{task}` and pass "
+                                    f"models_dir='runs' (qrag-bench --qrag-models runs)")
         key = str(folder)
         if key not in self._networks:
             self._networks[key] = load_model(folder, device=self.device)

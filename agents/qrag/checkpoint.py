@@ -54,10 +54,16 @@ def check_finite(tensors: Mapping[str, Any], path: Path) -> None:
             raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values; retrain or restore the file")
 
 
-def save_model(network: QNetwork, folder: Path) -> None:
-    """Write ``model.safetensors`` (with its digest in the metadata) and ``config.json`` into ``folder``."""
+def save_model(network: QNetwork, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """Write ``model.safetensors`` (with its digest in the metadata) and ``config.json`` into ``folder``.
+
+    ``dtype`` (e.g. ``torch.float16`` for the models that ship in the package) casts the floating
+    tensors; loading casts them back to the network's float32.
+    """
     folder = Path(folder)
     tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {DIGEST_KEY: tensor_digest(tensors)}
     atomic_write(folder / WEIGHTS, lambda temp: save_file(tensors, temp, metadata=metadata))
     atomic_write(folder / CONFIG, lambda temp: Path(temp).write_text(network.config.to_json()))
