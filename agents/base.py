@@ -60,15 +60,15 @@ class BaseAgent(ABC):
 
 
 BUILTIN_AGENTS: dict[str, str] = {
-    "random": "agents.baselines.simple:RandomAgent",
-    "oracle": "agents.baselines.simple:OracleAgent",
-    "bm25": "agents.baselines.bm25:BM25Agent",
-    "bm25-multistep": "agents.baselines.bm25:MultiStepBM25Agent",
-    "dense": "agents.baselines.dense:DenseAgent",
-    "dense-multistep": "agents.baselines.dense:MultiStepDenseAgent",
-    "maskable-ppo": "agents.baselines.sb3:MaskablePPOAgent",
-    "dqn": "agents.baselines.sb3:DQNAgent",
-    "qrag": "agents.qrag.agent:QRAGAgent",
+    "random": "qrag_agents.baselines.simple:RandomAgent",
+    "oracle": "qrag_agents.baselines.simple:OracleAgent",
+    "bm25": "qrag_agents.baselines.bm25:BM25Agent",
+    "bm25-multistep": "qrag_agents.baselines.bm25:MultiStepBM25Agent",
+    "dense": "qrag_agents.baselines.dense:DenseAgent",
+    "dense-multistep": "qrag_agents.baselines.dense:MultiStepDenseAgent",
+    "maskable-ppo": "qrag_agents.baselines.sb3:MaskablePPOAgent",
+    "dqn": "qrag_agents.baselines.sb3:DQNAgent",
+    "qrag": "qrag_agents.qrag.agent:QRAGAgent",
 }
 """Built-in names -> ``module:Class`` (imported lazily: naming ``random`` never imports SB3)."""
 

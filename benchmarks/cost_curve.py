@@ -14,9 +14,9 @@ in order:
 5. per-step time of the exact full scan (rotate every chunk) and of the faiss shortlist, on the
    same states (the full scan's greedy trajectory), with the number of steps where they agree.
 
-    python -m benchmarks.cost_curve                       # all lengths, writes results/cost_curve.*
-    python -m benchmarks.cost_curve --tokens 1000 32000   # a subset
-    python -m benchmarks.cost_curve --threads 2 --name cost_curve_2threads
+    python -m qrag_benchmarks.cost_curve                       # all lengths, writes results/cost_curve.*
+    python -m qrag_benchmarks.cost_curve --tokens 1000 32000   # a subset
+    python -m qrag_benchmarks.cost_curve --threads 2 --name cost_curve_2threads
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 
 import qrag_gym  # noqa: F401  (registers the envs)
-from agents.qrag.config import cpu_config
-from agents.qrag.agent import QRAGAgent
-from agents.qrag.inference import embed_document, shortlist_step, step_q_values
-from agents.qrag.networks import QNetwork
-from benchmarks.results_io import BENCHMARK_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_agents.qrag.config import cpu_config
+from qrag_agents.qrag.agent import QRAGAgent
+from qrag_agents.qrag.inference import embed_document, shortlist_step, step_q_values
+from qrag_agents.qrag.networks import QNetwork
+from qrag_benchmarks.results_io import BENCHMARK_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.atomic import atomic_write
 from qrag_gym.embedding import TextEmbedder
 from qrag_gym.evaluation import run_episode
@@ -176,7 +176,7 @@ def main() -> None:
         return
     rows = []
     for tokens in args.tokens:
-        command = [sys.executable, "-m", "benchmarks.cost_curve", "--worker", "--tokens", str(tokens), "--task", args.task,
+        command = [sys.executable, "-m", "qrag_benchmarks.cost_curve", "--worker", "--tokens", str(tokens), "--task", args.task,
                    "--k", str(args.k), "--threads", str(args.threads), "--repeats", str(args.repeats),
                    "--seed", str(args.seed), "--cold-max-tokens", str(args.cold_max_tokens)]
         done = subprocess.run(command, capture_output=True, text=True)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from benchmarks.results_io import write_atomic, write_json
+from qrag_benchmarks.results_io import write_atomic, write_json
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.metrics import wilson_interval
 
@@ -284,7 +284,7 @@ def merge_runs(out: Path, runs: Sequence[Path]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
+    parser = argparse.ArgumentParser(prog="python -m qrag_benchmarks.report",
                                      description="Merge benchmark runs into one set of outputs (JSON, CSV, table, plot).")
     parser.add_argument("out", type=Path, help="folder to write the merged outputs to")
     parser.add_argument("runs", type=Path, nargs="+", help=f"run folders holding {EPISODES_JSON}")

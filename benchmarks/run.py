@@ -1,4 +1,4 @@
-"""``qrag-bench`` / ``python -m benchmarks.run``: agents x tasks x lengths x seeds on held-out data.
+"""``qrag-bench`` / ``python -m qrag_benchmarks.run``: agents x tasks x lengths x seeds on held-out data.
 
     qrag-bench --quick                                   # offline, a few minutes on 2 CPU cores
     qrag-bench --agents dense-multistep my_pkg.mine:MyAgent --tasks qa2 --lengths 4K 128K --episodes 50
@@ -15,7 +15,7 @@ length, seed, settings). BABILong is reported on the official bAbI test stories 
 notice); NIAH and HotpotQA on their validation split.
 
 Cells run shortest length first, and the outputs in ``--out`` are rewritten after every finished
-cell (see :mod:`benchmarks.report`). A folder that already holds results is refused unless
+cell (see :mod:`qrag_benchmarks.report`). A folder that already holds results is refused unless
 ``--resume`` (keep the finished cells run under the same settings, drop and re-run the others) or
 ``--overwrite``. Agents with a ``learn`` method are trained once per task and seed on the *train*
 split at ``--train-length``, then evaluated at every length.
@@ -38,8 +38,8 @@ import gymnasium as gym
 from tqdm.auto import tqdm
 
 import qrag_gym
-from agents.base import Agent, make_agent, resolve_agent_class
-from benchmarks.report import EPISODES_JSON, RUN_JSON, load_records, write_outputs
+from qrag_agents.base import Agent, make_agent, resolve_agent_class
+from qrag_benchmarks.report import EPISODES_JSON, RUN_JSON, load_records, write_outputs
 from qrag_gym.data.babi import TASKS
 from qrag_gym.evaluation import Cell, make_eval_env, plan_cells, resolve_split, run_cell
 from qrag_gym.tasks import ENV_IDS, READERS, TASK_NAMES, env_kwargs, parse_length, task_family
@@ -218,7 +218,7 @@ def _env_info(tasks: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["show"]:  # qrag-bench show RUN ...: render one recorded episode
-        from benchmarks.show import main as show
+        from qrag_benchmarks.show import main as show
 
         return show(argv[1:])
     args = parse_args(argv)

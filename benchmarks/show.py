@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.report import load_records
+from qrag_benchmarks.report import load_records
 from qrag_gym.evaluation import make_eval_env
 
 

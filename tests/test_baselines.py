@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents import BUILTIN_AGENTS, BaseAgent, make_agent, resolve_agent_class
+from qrag_agents import BUILTIN_AGENTS, BaseAgent, make_agent, resolve_agent_class
 from qrag_gym.evaluation import Cell, run_cell
 from conftest import play_checking_valid_actions
 
@@ -37,7 +37,7 @@ def test_registry_resolves_every_builtin_name() -> None:
 @pytest.mark.parametrize("name, message", [
     ("bm26", "unknown agent 'bm26'"),
     ("no_such_module_xyz:Agent", "cannot import module"),
-    ("agents.base:NoSuchAgent", "has no class 'NoSuchAgent'"),
+    ("qrag_agents.base:NoSuchAgent", "has no class 'NoSuchAgent'"),
 ])
 def test_registry_errors_name_the_problem(name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -86,7 +86,7 @@ def test_agent_settings_after_a_question_mark() -> None:
 def test_agent_module_in_the_working_folder_resolves_without_python_m(tmp_path, monkeypatch) -> None:
     """Console scripts do not put the working folder on sys.path; the README's my_agents:Class must still load."""
     (tmp_path / "my_agents_for_test.py").write_text(
-        "from agents import BaseAgent\n\nclass Last(BaseAgent):\n    def act(self, obs, info, env):\n"
+        "from qrag_agents import BaseAgent\n\nclass Last(BaseAgent):\n    def act(self, obs, info, env):\n"
         "        return int(info['action_mask'].nonzero()[0][-1])\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents import make_agent
+from qrag_agents import make_agent
 from qrag_gym.data.babi import load_babi_task, load_split, task_path
 from qrag_gym.evaluation import Cell, EvaluationError, make_eval_env, question_order, run_cell, run_episode, summarize
 from qrag_gym.metrics import wilson_interval

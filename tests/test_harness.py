@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents import BaseAgent
-from benchmarks import report
-from benchmarks.studies.qa1_first_step import position_slope
-from benchmarks.run import QUICK, main, parse_args
+from qrag_agents import BaseAgent
+from qrag_benchmarks import report
+from qrag_benchmarks.studies.qa1_first_step import position_slope
+from qrag_benchmarks.run import QUICK, main, parse_args
 from qrag_gym.tasks import parse_length
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -193,7 +193,7 @@ def test_position_slope_separates_trend_from_noise() -> None:
 
 
 def test_studies_write_only_into_out(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from benchmarks.studies import babi_overlap
+    from qrag_benchmarks.studies import babi_overlap
 
     monkeypatch.chdir(tmp_path)  # the default --out is relative to the working folder, never the package
     babi_overlap.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "mine")])
@@ -204,7 +204,7 @@ def test_studies_write_only_into_out(data_dir: Path, tmp_path: Path, monkeypatch
     assert next(r for r in rows if r["task"] == "qa4")["also_in_train"] > 500  # bAbI's qa4 repeats most of its test set
 
 
-@pytest.mark.parametrize("module", ["benchmarks.run", "agents.qrag.evaluate"])
+@pytest.mark.parametrize("module", ["qrag_benchmarks.run", "qrag_agents.qrag.evaluate"])
 def test_command_line_modules_answer_help_without_loading_torch(module: str) -> None:
     """--help and argument errors come before the heavy imports (torch, matplotlib, SB3)."""
     import subprocess
@@ -229,3 +229,19 @@ def test_results_from_generated_stories_say_so_in_title_and_file_names(tmp_path:
     assert report.SUMMARY_MD not in files and report.PLOT_PNG not in files
     text = (tmp_path / "run" / "summary-GENERATED-DATA.md").read_text()
     assert text.startswith("# Benchmark summary - GENERATED stories") and "babi-generated" in text
+
+
+def test_installed_names_do_not_clash_with_another_agents_package(tmp_path: Path) -> None:
+    """The repository's agents/ and benchmarks/ install as qrag_agents and qrag_benchmarks: a user's
+    environment with another top-level `agents` (the OpenAI Agents SDK's import name) imports both."""
+    import subprocess
+    import sys
+
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "__init__.py").write_text("OWNER = 'someone else'\n")
+    code = ("import agents, qrag_agents, qrag_benchmarks.run, qrag_gym\n"
+            "assert agents.OWNER == 'someone else'\n"
+            "assert type(qrag_agents.make_agent('random')).__name__ == 'RandomAgent'\n"
+            "assert qrag_agents.BUILTIN_AGENTS['random'].startswith('qrag_agents.')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={**__import__("os").environ,
+                   "PYTHONPATH": str(tmp_path)})

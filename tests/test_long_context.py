@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import qrag_gym  # noqa: F401  (registers the envs)
-from agents.qrag import inference
-from agents.qrag.config import cpu_config
-from agents.qrag.agent import QRAGAgent
-from agents.qrag.inference import embed_document, rotation_bounds, shortlist_step, step_q_values
-from agents.qrag.networks import QNetwork
-from agents.qrag.rotary import rotary_frequencies, rotate
+from qrag_agents.qrag import inference
+from qrag_agents.qrag.config import cpu_config
+from qrag_agents.qrag.agent import QRAGAgent
+from qrag_agents.qrag.inference import embed_document, rotation_bounds, shortlist_step, step_q_values
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.rotary import rotary_frequencies, rotate
 from qrag_gym.embedding import TextEmbedder, shared_embedder
 from qrag_gym.evaluation import run_episode
 from qrag_gym.shortlist import ChunkIndex, certified_argmax
@@ -123,8 +123,8 @@ def test_encoder_batches_and_cache_dir(env: gym.Env, tmp_path) -> None:
 
 
 def test_agent_shortlist_option_acts_like_full_scan(env: gym.Env, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents.qrag.agent import QRAGAgent
-    from agents.qrag.checkpoint import save_model
+    from qrag_agents.qrag.agent import QRAGAgent
+    from qrag_agents.qrag.checkpoint import save_model
 
     save_model(_network(integer=False, perturbed=True), tmp_path / "model")
     monkeypatch.setattr(inference, "SHORTLIST_MIN_CHUNKS", 0)

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from agents.qrag.agent import QRAGAgent
-from agents.qrag.checkpoint import load_model, load_trainer, save_model
-from agents.qrag.config import cpu_config, task_settings
-from agents.qrag.evaluate import main as evaluate_main
-from agents.qrag.inference import keep_until_threshold
-from agents.qrag.learner import lambda_returns, soft_value
-from agents.qrag.networks import QNetwork
-from agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
-from benchmarks.report import load_records
-from benchmarks.run import main as bench_main
-from agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_train_envs, make_validation_envs, run_config, train
+from qrag_agents.qrag.agent import QRAGAgent
+from qrag_agents.qrag.checkpoint import load_model, load_trainer, save_model
+from qrag_agents.qrag.config import cpu_config, task_settings
+from qrag_agents.qrag.evaluate import main as evaluate_main
+from qrag_agents.qrag.inference import keep_until_threshold
+from qrag_agents.qrag.learner import lambda_returns, soft_value
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
+from qrag_benchmarks.report import load_records
+from qrag_benchmarks.run import main as bench_main
+from qrag_agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_train_envs, make_validation_envs, run_config, train
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv

@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from agents.qrag.checkpoint import (TRAINER, WEIGHTS, CheckpointError, load_model, load_trainer, save_model,
+from qrag_agents.qrag.checkpoint import (TRAINER, WEIGHTS, CheckpointError, load_model, load_trainer, save_model,
                                     save_trainer)
-from agents.qrag.config import ConfigError, QRAGConfig, cpu_config
-from agents.qrag.networks import QNetwork
-from agents.qrag.train import main as train_main
-from agents.qrag.train import run_config
+from qrag_agents.qrag.config import ConfigError, QRAGConfig, cpu_config
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.train import main as train_main
+from qrag_agents.qrag.train import run_config
 
 FAKE_EMBEDDER = SimpleNamespace(dim=8, name="fake")
 
@@ -153,7 +153,7 @@ def test_empty_or_invalid_config_json_names_the_file(tmp_path: Path, text: str, 
 
 def test_train_with_resume_and_no_state_is_an_error(tmp_path: Path) -> None:
     """The library call too: ``train(resume=True)`` without a state used to start from scratch."""
-    from agents.qrag.train import train
+    from qrag_agents.qrag.train import train
 
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path / TRAINER} does not exist"):
         train(cpu_config(task="qa1", encoder="no/such-model-never-loaded"), tmp_path, resume=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
-from agents import make_agent
+from qrag_agents import make_agent
 from qrag_gym.wrappers import ShortlistView
 from conftest import play_checking_valid_actions
 

@@ -19,7 +19,7 @@ import bm25s
 import gymnasium as gym
 import numpy as np
 
-from agents.base import BaseAgent
+from qrag_agents.base import BaseAgent
 from qrag_gym.wrappers import state_text
 
 

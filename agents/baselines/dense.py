@@ -12,7 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import BaseAgent
+from qrag_agents.base import BaseAgent
 from qrag_gym.wrappers import state_text
 
 

@@ -20,7 +20,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import DQN
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.base import BaseAgent
+from qrag_agents.base import BaseAgent
 from qrag_gym.wrappers import Shortlist, ShortlistFeatures, ShortlistView
 
 

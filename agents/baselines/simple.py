@@ -7,7 +7,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import BaseAgent
+from qrag_agents.base import BaseAgent
 
 
 class RandomAgent(BaseAgent):

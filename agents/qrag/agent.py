@@ -1,11 +1,11 @@
 """Q-RAG as a benchmark agent: greedy actions from a trained model, the Q-threshold stop as ``kept``.
 
-``QRAGAgent()`` uses the models that ship in the package (:mod:`agents.qrag.pretrained`), one per
+``QRAGAgent()`` uses the models that ship in the package (:mod:`qrag_agents.qrag.pretrained`), one per
 task, for whichever task an episode comes from; ``QRAGAgent.from_pretrained("qa2")`` one of them
 for every task; ``QRAGAgent(models_dir="runs")`` a user's own ``runs/<task>/best`` folders;
 ``QRAGAgent(model="runs/qa2/best")`` one model for every task. A NIAH variant without its own model
 falls back to the ``niah`` model (``qrag-train --task niah:all`` trains on all eight). ``shortlist=k`` takes the certified faiss shortlist on long documents
-(same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`agents.qrag.inference`).
+(same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`qrag_agents.qrag.inference`).
 ``QRAGAgent(network=...)`` wraps a network in memory (validation during training).
 
 What it keeps: the picks before the first step whose max-Q fell to the threshold (the paper's §7.2
@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import gymnasium as gym
 import torch
 
-from agents.qrag.checkpoint import load_model
-from agents.qrag.inference import embed_document, keep_until_threshold, shortlist_step, step_q_values, use_shortlist
-from agents.qrag.networks import QNetwork
-from agents.qrag.pretrained import PRETRAINED_DIR, pretrained_folder
+from qrag_agents.qrag.checkpoint import load_model
+from qrag_agents.qrag.inference import embed_document, keep_until_threshold, shortlist_step, step_q_values, use_shortlist
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.pretrained import PRETRAINED_DIR, pretrained_folder
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.shortlist import ChunkIndex
 

@@ -22,9 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
-from agents.qrag.config import QRAGConfig
+from qrag_agents.qrag.config import QRAGConfig
 from qrag_gym.atomic import atomic_write
-from agents.qrag.networks import QNetwork
+from qrag_agents.qrag.networks import QNetwork
 from qrag_gym.embedding import TextEmbedder, shared_embedder
 
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer_state.pt"

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from agents.qrag.config import NIAH_ALL, NIAH_PREFIX
+from qrag_agents.qrag.config import NIAH_ALL, NIAH_PREFIX
 from qrag_gym.atomic import atomic_write_bytes
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.evaluation import group_summaries, make_eval_env, plan_cells, resolve_split, run_cell
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch  # after parsing: --help and argument errors answer without loading torch
 
-    from agents.qrag.agent import QRAGAgent
+    from qrag_agents.qrag.agent import QRAGAgent
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Q-RAG's greedy step: Q of every chunk in a state, and the Q-threshold stop (the paper's §7.2).
 
 Episodes are played and measured by the one evaluation runner (:mod:`qrag_gym.evaluation`) with
-:class:`agents.qrag.agent.QRAGAgent`; this module only scores.
+:class:`qrag_agents.qrag.agent.QRAGAgent`; this module only scores.
 
 Two step scorers give the same argmax. :func:`step_q_values` rotates every chunk to its position
 and scores it (in batches, so a 10M-token document stays bounded). :func:`shortlist_step`, for long
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.qrag.config import QRAGConfig
-from agents.qrag.networks import QNetwork
-from agents.qrag.rotary import relative_positions, rotate
+from qrag_agents.qrag.config import QRAGConfig
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.rotary import relative_positions, rotate
 from qrag_gym.shortlist import ChunkIndex, ShortlistResult, certified_argmax
 
 CHUNK_BATCH = 8192

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.qrag.config import QRAGConfig
-from agents.qrag.networks import QNetwork
-from agents.qrag.rotary import relative_positions
+from qrag_agents.qrag.config import QRAGConfig
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.rotary import relative_positions
 from qrag_gym.envs.retrieval import RetrievalEnv
 
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from agents.qrag.config import QRAGConfig
-from agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
+from qrag_agents.qrag.config import QRAGConfig
+from qrag_agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
 from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model, token_ids
 
 

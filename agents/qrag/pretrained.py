@@ -1,8 +1,8 @@
 """Trained Q-RAG models that ship inside the package, so the method runs without a training run first.
 
-    from agents.qrag.agent import QRAGAgent
+    from qrag_agents.qrag.agent import QRAGAgent
     agent = QRAGAgent.from_pretrained("qa2")            # or make_agent("qrag"): every task's shipped model
-    python -m agents.qrag.pretrained export runs/qa2/best qa2      # refresh one after the learner changes
+    python -m qrag_agents.qrag.pretrained export runs/qa2/best qa2      # refresh one after the learner changes
 
 Each model is the ``best`` checkpoint of ``qrag-train`` with the CPU preset (the command is in its
 ``config.json`` under ``extra.exported_from``), stored in float16 (about 3 MB; loading casts back to
@@ -37,7 +37,7 @@ def export(model: Path, name: str, overwrite: bool = False, root: Path = PRETRAI
     """Copy a trained model into the package as float16, recording where it came from."""
     import torch
 
-    from agents.qrag.checkpoint import load_model, save_model
+    from qrag_agents.qrag.checkpoint import load_model, save_model
 
     target = root / name
     if target.exists() and not overwrite:
@@ -49,7 +49,7 @@ def export(model: Path, name: str, overwrite: bool = False, root: Path = PRETRAI
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.qrag.pretrained", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qrag_agents.qrag.pretrained", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the shipped models")
     out = sub.add_parser("export", help="store a trained model (a qrag-train best/ folder) in the package")

@@ -24,12 +24,12 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.qrag.agent import QRAGAgent
-from agents.qrag.checkpoint import TRAINER, load_trainer, save_model, save_trainer, verify_trainer
-from agents.qrag.config import (NIAH_ALL, NIAH_PREFIX, ConfigError, QRAGConfig, cpu_config, cpu_task_tuning,
+from qrag_agents.qrag.agent import QRAGAgent
+from qrag_agents.qrag.checkpoint import TRAINER, load_trainer, save_model, save_trainer, verify_trainer
+from qrag_agents.qrag.config import (NIAH_ALL, NIAH_PREFIX, ConfigError, QRAGConfig, cpu_config, cpu_task_tuning,
                                 task_settings)
-from agents.qrag.learner import Learner
-from agents.qrag.networks import QNetwork
+from qrag_agents.qrag.learner import Learner
+from qrag_agents.qrag.networks import QNetwork
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv

@@ -1,6 +1,6 @@
 """How many official bAbI test questions also appear, word for word, in the training file.
 
-    python -m benchmarks.studies.babi_overlap --data-dir ../shared/data --out benchmarks/studies/results
+    python -m qrag_benchmarks.studies.babi_overlap --data-dir ../shared/data --out benchmarks/studies/results
 
 A test question "appears in training" when a training sample has the same story facts and the same
 question. bAbI's task spaces are small, and qa4 (two-argument relations) repeats most of its test
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.data.babi import TASKS, load_babi_task
 from qrag_gym.data.paths import require_data_subdir
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(["task", "test questions", "also in the training file", "share"],
                            [[r["task"], r["test_questions"], r["also_in_train"], f"{r['share']:.3f}"] for r in rows])
     write_atomic(args.out / "babi_overlap.md", "# Official bAbI test questions that also appear in the training file\n\n"
-                 "Same story facts and same question. `python -m benchmarks.studies.babi_overlap`.\n\n" + table)
+                 "Same story facts and same question. `python -m qrag_benchmarks.studies.babi_overlap`.\n\n" + table)
     print(table)
 
 

@@ -10,7 +10,7 @@ Quality: cosine between each variant's vector and the fp32 vector of the same se
 retrieval agreement on real BABILong episodes (top-1 chunk for the question, top-5 overlap, and
 recall@5 of the supporting facts), fp32 vs the variant.
 
-    python -m benchmarks.studies.encoder_speed --sentences 512 --rounds 3 --episodes 30
+    python -m qrag_benchmarks.studies.encoder_speed --sentences 512 --rounds 3 --episodes 30
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import qrag_gym  # noqa: F401  (registers the envs)
-from benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.data.noise import load_book_corpus
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.embedding import TextEmbedder

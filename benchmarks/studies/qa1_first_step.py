@@ -1,6 +1,6 @@
 """Why qa1's strict success@k stays below 0.95: what a trained model picks at step 0 when it is wrong.
 
-    python -m benchmarks.studies.qa1_first_step --model runs/qa1/best --episodes 200
+    python -m qrag_benchmarks.studies.qa1_first_step --model runs/qa1/best --episodes 200
 
 For "Where is Mary?" the supporting fact is Mary's *latest* move. At step 0 nothing is selected, so
 each sentence is scored alone, and only its relative position can say that no later move of Mary
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.qrag.checkpoint import load_model
-from agents.qrag.inference import embed_document, step_q_values
-from benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_agents.qrag.checkpoint import load_model
+from qrag_agents.qrag.inference import embed_document, step_q_values
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.envs.babilong import BabilongEnv
 
 

@@ -5,7 +5,7 @@ shortlist's action (and its Q value) is compared with the full scan's. Scorers: 
 network from :func:`cpu_config` and a randomly perturbed one (adapters no longer the identity), each
 with continuous and with integer positions, and the dense baseline's plain inner product.
 
-    python -m benchmarks.studies.shortlist_agreement --tokens 128000 1000000 --episodes 3
+    python -m qrag_benchmarks.studies.shortlist_agreement --tokens 128000 1000000 --episodes 3
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 import qrag_gym  # noqa: F401  (registers the envs)
-from agents.qrag.config import cpu_config
-from agents.qrag.inference import embed_document, shortlist_step, step_q_values
-from agents.qrag.networks import QNetwork
-from benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_agents.qrag.config import cpu_config
+from qrag_agents.qrag.inference import embed_document, shortlist_step, step_q_values
+from qrag_agents.qrag.networks import QNetwork
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.embedding import TextEmbedder
 from qrag_gym.shortlist import ChunkIndex, certified_argmax
 
