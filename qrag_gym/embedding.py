@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from qrag_gym.cache import EmbeddingDiskCache, is_one_off
@@ -63,6 +64,8 @@ def load_tokenizer(name: str | None = None) -> PreTrainedTokenizerBase:
         raise _load_failed(name, "tokenizer", err) from err
 
 
+PROGRESS_MIN_TEXTS = 5_000
+"""Encoding at least this many new texts shows a progress bar with an ETA (about 30 s and up on 2 cores)."""
 TOKEN_MEMO_SIZE = 500_000
 """Texts whose token ids :func:`token_ids` keeps per tokenizer and cap (the noise books' and bAbI stories'
 sentences several times over); the memo is emptied when it would pass this."""
@@ -178,7 +181,10 @@ class TextEmbedder:
         if not texts:
             return out
         order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(order), self.batch_size):
+        batches = range(0, len(order), self.batch_size)
+        if len(texts) >= PROGRESS_MIN_TEXTS:  # the one-off encoding of a corpus: minutes on a CPU, so show an ETA
+            batches = tqdm(batches, desc=f"encoding {len(texts):,} texts once ({self.name})", unit="batch")
+        for start in batches:
             chunk = order[start : start + self.batch_size]
             out[chunk] = self._forward([texts[i] for i in chunk])
         return out

@@ -199,3 +199,28 @@ def test_unwritable_cache_folder_warns_once_and_keeps_vectors(tmp_path: Path, mo
     found, vectors = cache.lookup(["b0-0", "b2-1"])
     assert found.all()
     np.testing.assert_array_equal(vectors[1], _vectors(cache_module.FLUSH_EVERY, 2)[1])
+
+
+def test_token_counts_are_kept_on_disk_keyed_by_texts_and_tokenizer(tmp_path) -> None:
+    """A second process reads a corpus's token counts instead of re-tokenising it; other texts or another
+    tokenizer get their own entry, and `qrag-cache clear` removes them with the shards."""
+    from qrag_gym.cache import TOKEN_COUNTS, cached_token_counts, clear_all
+
+    calls = []
+
+    def count(texts):
+        calls.append(len(texts))
+        return np.array([len(t.split()) for t in texts])
+
+    texts = ["One two three.", "Four five."]
+    assert cached_token_counts(texts, "tok-a", count, root=tmp_path).tolist() == [3, 2]
+    assert cached_token_counts(texts, "tok-a", count, root=tmp_path).tolist() == [3, 2]
+    assert calls == [2]  # the second call read the file
+    cached_token_counts(texts, "tok-b", count, root=tmp_path)
+    cached_token_counts([*texts, "Six."], "tok-a", count, root=tmp_path)
+    assert calls == [2, 2, 3] and len(list((tmp_path / TOKEN_COUNTS).iterdir())) == 3
+    for path in (tmp_path / TOKEN_COUNTS).iterdir():
+        path.write_bytes(b"garbage")  # damaged: counted again, not trusted
+    assert cached_token_counts(texts, "tok-a", count, root=tmp_path).tolist() == [3, 2] and len(calls) == 4
+    (tmp_path / TOKEN_COUNTS / "mine.txt").write_text("not the cache's")
+    assert clear_all(tmp_path)[1] == 3 and [p.name for p in (tmp_path / TOKEN_COUNTS).iterdir()] == ["mine.txt"]

@@ -20,6 +20,7 @@ from qrag_gym.data.babilong_release import (MATCH_RULE, REPO_ID, ReleaseSet, che
 from qrag_gym.data.babi import SPLIT_RULE, SPLITS, TASKS, BabiSample, check_task, load_split, split_samples
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
+from qrag_gym.cache import cached_token_counts
 from qrag_gym.embedding import count_tokens, load_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
 from qrag_gym.episode import Episode
@@ -85,7 +86,8 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None,
         pool = generate_babi_samples(task, np.random.default_rng(offset), GENERATED_STORIES)
         samples = split_samples(pool, split)
         label = "babi-generated+synthetic-noise"
-    return BabilongSource(samples, noise, count_tokens(tokenizer, noise.sentences), label)
+    noise_tokens = cached_token_counts(noise.sentences, tokenizer.name_or_path, lambda texts: count_tokens(tokenizer, texts))
+    return BabilongSource(samples, noise, noise_tokens, label)
 
 
 _SOURCE_CACHE: dict[tuple[Any, ...], BabilongSource] = {}

@@ -17,6 +17,7 @@ from qrag_gym.data.niah import (REPEAT_SENTENCES, VARIANTS, NiahConfig, build_ep
                                 variant_config)
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
+from qrag_gym.cache import cached_token_counts
 from qrag_gym.embedding import count_tokens, load_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
 from qrag_gym.episode import Episode
@@ -59,7 +60,9 @@ def essay_source(split: str, source: str, data_dir: str | Path | None, tokenizer
             logger.warning("no noise/gutenberg folder found: NIAH essay haystack uses synthetic filler "
                            "(not benchmark data)")
             corpus, label = synthetic_corpus(), "niah-synthetic-noise"
-        _ESSAY_CACHE[key] = EssaySource(corpus, count_tokens(load_tokenizer(tokenizer_name), corpus.sentences), label)
+        tokenizer = load_tokenizer(tokenizer_name)
+        counts = cached_token_counts(corpus.sentences, tokenizer.name_or_path, lambda texts: count_tokens(tokenizer, texts))
+        _ESSAY_CACHE[key] = EssaySource(corpus, counts, label)
     return _ESSAY_CACHE[key]
 
 
