@@ -242,3 +242,22 @@ def test_full_finetune_build_trains_resumes_and_round_trips(small_data_dir, tmp_
     assert set(metrics) >= {"success_at_k", "f1"}
     state = load_trainer(tmp_path / "run")
     assert (state["updates"], state["transitions"]) == (3, 3 * config.num_envs * config.rollout_steps)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("episodes", "--episodes must be at least 1"),
+    ("missing", "no model.safetensors there"),
+    ("bad_config", "config.json: not a Q-RAG config"),
+    ("lengths", "bad length 'inf'"),
+])
+def test_qrag_evaluate_names_bad_arguments(network: QNetwork, tmp_path, capsys, case: str, message: str) -> None:
+    save_model(network, tmp_path / "model")
+    argv = {"episodes": ["--model", str(tmp_path / "model"), "--episodes", "0"],
+            "missing": ["--model", str(tmp_path / "nowhere")],
+            "bad_config": ["--model", str(tmp_path / "model")],
+            "lengths": ["--model", str(tmp_path / "model"), "--lengths", "inf"]}[case]
+    if case == "bad_config":
+        (tmp_path / "model" / "config.json").write_text("[]")
+    with pytest.raises(SystemExit):
+        evaluate_main(argv)
+    assert message in capsys.readouterr().err
