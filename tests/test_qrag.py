@@ -261,3 +261,19 @@ def test_qrag_evaluate_names_bad_arguments(network: QNetwork, tmp_path, capsys, 
     with pytest.raises(SystemExit):
         evaluate_main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_shipped_models_load_and_beat_dense_multistep_on_test_stories(small_data_dir) -> None:
+    """The float16 models inside the package load by default and do what the results table says: on the
+    official qa2 test stories, far above the untrained multi-step dense retriever."""
+    from qrag_agents import make_agent
+    from qrag_agents.qrag.pretrained import available, pretrained_folder
+
+    assert {"qa1", "qa2", "qa3"} <= set(available())
+    assert load_model(pretrained_folder("qa2")).config.task == "qa2"
+    env = make_eval_env("qa2", 1_000, "test", data_dir=str(small_data_dir))
+    scores = {name: summarize(run_cell(Cell(name, "qa2", "1K", 1_000, 0, 20), make_agent(name), env))["success_at_k"]
+              for name in ("qrag", "dense-multistep")}
+    assert scores["qrag"] >= 0.6 and scores["qrag"] >= scores["dense-multistep"] + 0.4, scores
+    with pytest.raises(FileNotFoundError, match="shipped: "):
+        QRAGAgent.from_pretrained("qa9")
