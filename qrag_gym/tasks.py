@@ -14,6 +14,7 @@ from qrag_gym.data.babi import TASKS as BABI_TASKS
 from qrag_gym.data.babi import task_path
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.data.paths import find_data_subdir
+from qrag_gym.validation import MAX_CONTEXT_TOKENS
 
 NIAH_PREFIX = "niah:"
 FAMILIES = ("babilong", "niah", "hotpotqa")
@@ -28,8 +29,6 @@ LENGTHS = {"1K": 1_000, "4K": 4_000, "32K": 32_000, "128K": 128_000, "1M": 1_000
 """Length labels of the paper's tables -> ``context_tokens``."""
 NATURAL_LENGTH = "doc"
 """The length label of tasks with one natural length (HotpotQA): lengths asked for are ignored."""
-MAX_CONTEXT_TOKENS = 20_000_000
-"""Twice the paper's longest setting: a longer request is almost surely a typo (``10**12``)."""
 
 
 def task_family(task: str) -> str:
