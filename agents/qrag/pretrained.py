@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+PRETRAINED_DIR = Path(__file__).parent / "shipped"
+"""The model folders (a data folder, not a package: the module beside it is pretrained.py)."""
 
 
 def available() -> list[str]:
