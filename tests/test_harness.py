@@ -204,7 +204,7 @@ def test_studies_write_only_into_out(data_dir: Path, tmp_path: Path, monkeypatch
     assert next(r for r in rows if r["task"] == "qa4")["also_in_train"] > 500  # bAbI's qa4 repeats most of its test set
 
 
-@pytest.mark.parametrize("module", ["qrag_benchmarks.run", "qrag_agents.qrag.evaluate"])
+@pytest.mark.parametrize("module", ["qrag_benchmarks.run", "qrag_agents.qrag.evaluate", "qrag_agents.qrag.cli"])
 def test_command_line_modules_answer_help_without_loading_torch(module: str) -> None:
     """--help and argument errors come before the heavy imports (torch, matplotlib, SB3)."""
     import subprocess
