@@ -245,3 +245,13 @@ def test_installed_names_do_not_clash_with_another_agents_package(tmp_path: Path
             "assert qrag_agents.BUILTIN_AGENTS['random'].startswith('qrag_agents.')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={**__import__("os").environ,
                    "PYTHONPATH": str(tmp_path)})
+
+
+def test_plot_error_bars_survive_all_or_nothing_cells() -> None:
+    """At n/n successes the Wilson upper bound can round to just under 1.0 (n = 10, for one): the error bar
+    must not come out negative (matplotlib refuses it and the run stopped at its first such cell)."""
+    records = [{"agent": "a", "task": "qa1", "length": f"{n}K", "context_tokens": n * 1_000, "success_at_k": value,
+                "source": "test"} for n in (4, 10, 14) for value in [1.0] * n] + [
+               {"agent": "b", "task": "qa1", "length": "10K", "context_tokens": 10_000, "success_at_k": 0.0,
+                "source": "test"}] * 10
+    assert report.plot_png(records).startswith(b"\x89PNG")
