@@ -249,6 +249,8 @@ def write_outputs(out: Path, records: Sequence[dict[str, Any]], run_info: dict[s
     summary_name, plot_name = output_names(records)
     write_atomic(out / summary_name, summary_markdown(records).encode())
     write_atomic(out / plot_name, plot_png(records))
+    for stale in {SUMMARY_MD, PLOT_PNG, *output_names([{"source": "generated"}])} - {summary_name, plot_name}:
+        (out / stale).unlink(missing_ok=True)  # the other label's table and plot, from an earlier run here
     write_json(out / RUN_JSON, run_info)
 
 
@@ -258,6 +260,11 @@ def load_records(out: Path) -> list[dict[str, Any]]:
     return json.loads(gzip.decompress(path.read_bytes())) if path.exists() else []
 
 
+def _protocol(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What must agree for two runs' episodes of one cell to be merged: split, data source, settings."""
+    return (record.get("split"), record.get("source"), record.get("settings_id"))
+
+
 def merge_runs(out: Path, runs: Sequence[Path]) -> int:
     """Combine the records of runs made in parallel (e.g. cheap baselines and SB3 agents) into ``out``.
 
@@ -265,13 +272,19 @@ def merge_runs(out: Path, runs: Sequence[Path]) -> int:
     last run named. Returns the number of episodes written.
     """
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    protocol: dict[tuple[Any, ...], tuple[Any, str]] = {}
     infos = {}
     for run in runs:
         records = load_records(run)
         if not records:
             raise FileNotFoundError(f"no {EPISODES_JSON} in {run}")
         for record in records:
-            merged[(record["agent"], record["task"], record["length"], record["seed"], record["episode"])] = record
+            cell = (record["agent"], record["task"], record["length"], record["seed"])
+            seen = protocol.setdefault(cell, (_protocol(record), str(run)))
+            if seen[0] != _protocol(record):
+                raise ValueError(f"{run} and {seen[1]} both hold {'/'.join(map(str, cell))} under other settings "
+                                 f"({seen[0]} vs {_protocol(record)}): merging them would mix one cell's episodes")
+            merged[(*cell, record["episode"])] = record
         info_path = run / RUN_JSON
         info = json.loads(info_path.read_text()) if info_path.exists() else None
         if info and "merged_from" in info:  # re-merging a merged folder: keep the original runs' infos flat
@@ -295,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.out} already holds results: pass --overwrite to replace them with the merge")
     try:
         count = merge_runs(args.out, args.runs)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(f"{count} episodes from {len(args.runs)} runs written to {args.out}/")
     return 0

@@ -42,7 +42,9 @@ from qrag_agents.base import Agent, make_agent, resolve_agent_class
 from qrag_benchmarks.report import EPISODES_JSON, RUN_JSON, load_records, write_outputs
 from qrag_gym.data.babi import TASKS
 from qrag_gym.evaluation import Cell, make_eval_env, plan_cells, resolve_split, run_cell
-from qrag_gym.tasks import ENV_IDS, READERS, TASK_NAMES, env_kwargs, parse_length, task_family
+from qrag_gym.data.paths import find_data_subdir
+from qrag_gym.tasks import (ENV_IDS, NATURAL_LENGTH, READERS, TASK_NAMES, default_eval_split, env_kwargs, has_lengths,
+                           parse_length, task_family)
 
 ENV_ID = ENV_IDS["babilong"]
 CHEAP_AGENTS = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
@@ -116,23 +118,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--out {args.out} already holds benchmark results: pass --resume to keep its finished cells "
                      "and run the rest, or --overwrite to replace them")
     try:
-        args.lengths = [parse_length(text) for text in args.lengths]
+        args.agents, args.tasks, args.seeds = (list(dict.fromkeys(v)) for v in (args.agents, args.tasks, args.seeds))
+        by_tokens = {tokens: (label, tokens) for label, tokens in map(parse_length, args.lengths)}
+        args.lengths = list(by_tokens.values())  # "4K" and "4000" are one length: one cell, not two
         args.train_length = parse_length(args.train_length)
-        args.episodes_at = dict(_override(text) for text in args.episodes_at)
+        args.episodes_at = episodes_at(args.episodes_at, args.lengths, args.tasks)
         for task in args.tasks:
             task_family(task)
+            if args.split == "test" and default_eval_split(task, args.data_dir)[0] != "test" and task_family(task) != "babilong":
+                raise ValueError(f"--split test: {task} has no test split (NIAH and HotpotQA are reported on "
+                                 "validation); use --split auto")
         for name in args.agents:
-            resolve_agent_class(name)
-    except ValueError as err:
+            agent = make_agent(name, **agent_kwargs(name, 0, args))
+            for task in args.tasks:  # e.g. qrag without a model for a task: say so now, not after other cells
+                check = getattr(agent, "check_task", None)
+                if callable(check):
+                    check(task)
+    except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     return args
 
 
-def _override(text: str) -> tuple[str, int]:
-    length, sep, count = text.partition("=")
-    if not sep or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"bad --episodes-at {text!r}: expected LENGTH=N with N >= 1, e.g. 128K=20")
-    return parse_length(length)[0], int(count)
+def episodes_at(texts: Sequence[str], lengths: Sequence[tuple[str, int]], tasks: Sequence[str]) -> dict[str, int]:
+    """``--episodes-at LENGTH=N`` as {planned length label: N}; a length may be written as ``4K`` or
+    ``4000`` (matched by tokens), ``doc`` is the natural length of HotpotQA; one that matches nothing
+    planned is an error, not a silent no-op."""
+    labels = {tokens: label for label, tokens in lengths}
+    overrides: dict[str, int] = {}
+    for text in texts:
+        length, sep, count = text.partition("=")
+        if not sep or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"bad --episodes-at {text!r}: expected LENGTH=N with N >= 1, e.g. 128K=20")
+        if length.strip().lower() == NATURAL_LENGTH:
+            if all(has_lengths(task) for task in tasks):
+                raise ValueError(f"--episodes-at {text}: no task with one natural length (hotpotqa) is planned")
+            overrides[NATURAL_LENGTH] = int(count)
+            continue
+        tokens = parse_length(length)[1]
+        if tokens not in labels:
+            raise ValueError(f"--episodes-at {text}: {length} is not among --lengths ({', '.join(labels.values())})")
+        overrides[labels[tokens]] = int(count)
+    return overrides
 
 
 def make_env(task: str, tokens: int | None, split: str, args: argparse.Namespace) -> gym.Env:
@@ -158,11 +184,19 @@ def agent_kwargs(name: str, seed: int, args: argparse.Namespace) -> dict[str, An
 
 
 def cell_settings(agent: str, task: str, args: argparse.Namespace, splits: dict[str, str]) -> dict[str, Any]:
-    """Everything besides (agent, task, length, seed) that a cell's records depend on."""
-    settings: dict[str, Any] = {"split": splits[task], "max_steps": args.max_steps,
-                                "agent_kwargs": {k: v for k, v in agent_kwargs(agent, 0, args).items() if k != "seed"}}
+    """Everything besides (agent, task, length, seed) that a cell's records depend on: split, step
+    budget, the data folders, the package version, the agent's settings and, for agents that load a
+    model (``settings_fingerprint(task)``), a digest of it."""
+    kwargs = agent_kwargs(agent, 0, args)
+    settings: dict[str, Any] = {"split": splits[task], "max_steps": args.max_steps, "qrag_gym": qrag_gym.__version__,
+                                "data": {sub: str(find_data_subdir(sub, args.data_dir))
+                                         for sub in ("babi/en-10k", "noise/gutenberg", "hotpotqa")},
+                                "agent_kwargs": {k: v for k, v in kwargs.items() if k != "seed"}}
     if callable(getattr(resolve_agent_class(agent), "learn", None)):
         settings["train_length"] = args.train_length[1]
+    fingerprint = getattr(make_agent(agent, **kwargs), "settings_fingerprint", None)
+    if callable(fingerprint):
+        settings["model"] = fingerprint(task)
     return settings
 
 
@@ -189,22 +223,24 @@ def kept_from_before(records: list[dict[str, Any]], cells: list[Cell], current: 
                      ) -> tuple[list[dict[str, Any]], set, list[str]]:
     """Earlier records worth keeping, the planned cells they finish, and a line per dropped cell.
 
-    A record is kept when it ran under the settings this run would use for its (agent, task)
-    (``current`` maps those to a settings id) and its cell is finished or not planned now. A planned
-    cell with fewer episodes than asked (an interrupted cell) is dropped and run again.
+    Cells this run does not plan are kept as they are (with the settings id they ran under). A planned
+    cell is kept when its records ran under the settings this run would use (``current`` maps (agent,
+    task) to a settings id) and it has at least the episodes asked, of which the first ``episodes`` are
+    kept; one run under other settings, or interrupted, is dropped and run again.
     """
     def key(record: dict[str, Any]) -> tuple[str, str, str, int]:
         return (record["agent"], record["task"], record["length"], record["seed"])
 
-    same = [r for r in records if r.get("settings_id") == current.get((r["agent"], r["task"]))]
+    asked = {cell.key: cell.episodes for cell in cells}
+    same = [r for r in records if key(r) not in asked or r.get("settings_id") == current.get((r["agent"], r["task"]))]
     other = sorted({key(r) for r in records} - {key(r) for r in same})
     counts = Counter(key(record) for record in same)
-    finished = {cell.key for cell in cells if counts[cell.key] >= cell.episodes}
-    planned = {cell.key for cell in cells}
-    partial = sorted(k for k in planned if 0 < counts[k] and k not in finished)
+    finished = {k for k, episodes in asked.items() if counts[k] >= episodes}
+    partial = sorted(k for k in asked if 0 < counts[k] and k not in finished)
     dropped = [f"{a} {t} {n} seed {s}: run under other settings" for a, t, n, s in other]
     dropped += [f"{a} {t} {n} seed {s}: unfinished ({counts[(a, t, n, s)]} episodes)" for a, t, n, s in partial]
-    return [r for r in same if key(r) in finished or key(r) not in planned], finished, dropped
+    kept = [r for r in same if key(r) not in asked or (key(r) in finished and r["episode"] < asked[key(r)])]
+    return kept, finished, dropped
 
 
 def _env_info(tasks: Sequence[str]) -> dict[str, Any]:
@@ -228,15 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cells = plan(args)
     earlier = load_records(args.out) if args.resume else []
-    tasks = list(dict.fromkeys([*args.tasks, *(r["task"] for r in earlier)]))
-    splits = {task: resolve_split(task, args.split, args.data_dir) for task in tasks}
-    pairs = {(cell.agent, cell.task) for cell in cells} | {(r["agent"], r["task"]) for r in earlier}
-    current = {}
-    for agent, task in pairs:
-        try:
-            current[(agent, task)] = settings_id(cell_settings(agent, task, args, splits))
-        except ValueError:  # an agent of an earlier run that this environment cannot import
-            current[(agent, task)] = None
+    splits = {task: resolve_split(task, args.split, args.data_dir) for task in args.tasks}
+    settings = {pair: cell_settings(*pair, args, splits) for pair in sorted({(c.agent, c.task) for c in cells})}
+    current = {pair: settings_id(value) for pair, value in settings.items()}
     records, finished, dropped = kept_from_before(earlier, cells, current)
     for line in dropped:
         print(f"--resume drops {line}", file=sys.stderr)
@@ -245,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": ["qrag-bench", *(argv if argv is not None else sys.argv[1:])], **_env_info(args.tasks),
         "qrag_gym": qrag_gym.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
         "train_seconds": {}, "splits": {task: splits[task] for task in args.tasks},
-        "settings": {f"{a}/{t}": cell_settings(a, t, args, splits) for a, t in sorted({(c.agent, c.task) for c in cells})},
+        "settings": {f"{a}/{t}": value for (a, t), value in settings.items()},
         "cells_planned": len(cells), "cells_skipped_as_finished": len(cells) - len(todo),
         "cells_dropped_on_resume": dropped}
     envs: dict[tuple[str, int | None], gym.Env] = {}
@@ -261,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             records += [{**r, "settings_id": stamp} for r in run_cell(cell, agent, env, on_episode=lambda: bar.update(1))]
             run_info["cells_done"] = run_info.get("cells_done", 0) + 1
             write_outputs(args.out, records, run_info)
+    if not todo:  # nothing to run: still write what --resume kept (it may have trimmed or dropped records)
+        write_outputs(args.out, records, run_info)
     print(f"{len(todo)} cells run, {len(cells) - len(todo)} kept from before; outputs in {args.out}/")
     return 0
 

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.run} holds no benchmark records")
     try:
         print(render(find_record(records, args.agent, args.task, args.episode, args.length, args.seed), args.data_dir))
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # a missing data folder or test file too
         parser.error(str(err))
     return 0
 

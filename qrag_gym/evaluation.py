@@ -11,9 +11,9 @@ What a number means, for every agent alike:
   precision/recall/F1 and the reader's answer read the kept set.
 - **Episodes are paired across agents and lengths.** Episode ``i`` of a cell with seed ``s`` resets
   the env with seed ``s * EPISODE_SEED_STRIDE + i``. Where the split has a fixed question set (bAbI,
-  HotpotQA) it asks question ``order[reset_seed % n]`` of one fixed permutation, so ``n`` episodes
-  walk every question once and fewer episodes are distinct random questions; the same question is
-  then hidden in more noise at a longer length.
+  HotpotQA) it asks question ``order_s[i % n]`` of a fixed permutation per seed, so ``n`` episodes
+  walk every question once, fewer episodes are distinct random questions, and another seed draws
+  another sample; the same question is then hidden in more noise at a longer length.
 - **A cell is a pure function of its settings.** Before each episode an agent with a
   ``seed_episode(seed)`` method gets the episode's reset seed: random tie-breaks then never depend on
   which cells ran before.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
 import gymnasium as gym
@@ -35,7 +36,8 @@ from qrag_gym.tasks import ENV_IDS, NATURAL_LENGTH, default_eval_split, env_kwar
 
 EPISODE_SEED_STRIDE = 1_000_003
 QUESTION_ORDER_SEED = 0
-"""Seed of the fixed permutation in which evaluation walks a split's questions."""
+"""Seed 0's permutation of a split's questions comes from ``default_rng(QUESTION_ORDER_SEED)``, seed
+``s``'s from ``default_rng(QUESTION_ORDER_SEED + s)``."""
 RATE_METRICS = ("success_at_k", "success_at_t", "answer_correct")
 MEAN_METRICS = (*RATE_METRICS, "precision", "recall", "f1", "num_kept", "steps", "seconds")
 
@@ -81,17 +83,20 @@ def kept_chunks(agent: Any, info: dict[str, Any]) -> list[int]:
     return chosen
 
 
-def question_order(count: int) -> np.ndarray:
-    """The fixed order in which evaluation walks a split of ``count`` questions."""
-    return np.random.default_rng(QUESTION_ORDER_SEED).permutation(count)
+@lru_cache(maxsize=64)
+def question_order(count: int, seed: int = 0) -> np.ndarray:
+    """The fixed order in which cell seed ``seed`` walks a split of ``count`` questions."""
+    return np.random.default_rng(QUESTION_ORDER_SEED + seed).permutation(count)
 
 
 def reset_options(env: gym.Env, reset_seed: int) -> tuple[dict[str, Any] | None, int | None]:
-    """``reset`` options that pick the episode's question where the split has a fixed set."""
+    """``reset`` options that pick the episode's question where the split has a fixed set: episode ``i``
+    of cell seed ``s`` (``reset_seed = s * EPISODE_SEED_STRIDE + i``) asks ``question_order(n, s)[i % n]``."""
     count = getattr(env.unwrapped, "num_questions", None)
     if not count:
         return None, None
-    index = int(question_order(count)[reset_seed % count])
+    seed, episode = divmod(reset_seed, EPISODE_SEED_STRIDE)
+    index = int(question_order(count, seed)[episode % count])
     return {"question_index": index}, index
 
 

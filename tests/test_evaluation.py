@@ -159,3 +159,13 @@ def test_hand_made_test_file_in_the_official_format(tmp_path: Path) -> None:
 def test_bad_lengths_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="bad length"):
         parse_length(text)
+
+
+def test_each_seed_draws_its_own_sample_of_questions(data_dir: Path) -> None:
+    """Seed s used to shift seed 0's window by 3 questions (1,000,003 % 1,000 = 3), so seeds shared 47 of
+    50 questions and pooled them as independent trials."""
+    env = make_eval_env("qa1", 1_000, "test", data_dir=str(data_dir))
+    cells = [run_cell(Cell("random", "qa1", "1K", 1_000, seed, 50), make_agent("random"), env) for seed in (0, 1)]
+    first, second = ({r["question_index"] for r in records} for records in cells)
+    assert len(first) == len(second) == 50 and len(first & second) < 10  # about 2.5 expected by chance
+    assert [r["question_index"] for r in cells[0]] == list(question_order(1_000)[:50])  # seed 0 as before

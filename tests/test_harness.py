@@ -255,3 +255,66 @@ def test_plot_error_bars_survive_all_or_nothing_cells() -> None:
                {"agent": "b", "task": "qa1", "length": "10K", "context_tokens": 10_000, "success_at_k": 0.0,
                 "source": "test"}] * 10
     assert report.plot_png(records).startswith(b"\x89PNG")
+
+
+def test_resume_keeps_cells_it_does_not_plan_and_trims_extra_episodes(data_dir: Path, tmp_path: Path, capsys) -> None:
+    base = ["--tasks", "qa1", "--lengths", "1K", "--data-dir", str(data_dir), "--out", str(tmp_path)]
+    assert main(["--agents", "random", "--episodes", "4", *base]) == 0
+    # another agent under another step budget: the random cell is not planned now, so it stays untouched
+    assert main(["--agents", "oracle", "--episodes", "2", "--max-steps", "2", "--resume", *base]) == 0
+    records = report.load_records(tmp_path)
+    assert sorted((r["agent"], r["steps"]) for r in records) == [("oracle", 2)] * 2 + [("random", 6)] * 4
+    assert "drops" not in capsys.readouterr().err
+    # asking for fewer episodes of a finished cell keeps the first ones, not all of them
+    assert main(["--agents", "random", "--episodes", "3", "--resume", *base]) == 0
+    assert sorted(r["episode"] for r in report.load_records(tmp_path) if r["agent"] == "random") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lengths", "4K", "--episodes-at", "4000=5"], None),  # 4000 is 4K: it applies
+    (["--lengths", "4K", "--episodes-at", "128K=5"], "128K is not among --lengths"),
+    (["--tasks", "qa1", "--episodes-at", "doc=5"], "no task with one natural length"),
+    (["--tasks", "niah:single_1", "--split", "test"], "niah:single_1 has no test split"),
+])
+def test_lengths_and_splits_that_match_nothing_are_refused(argv: list[str], message: str | None, capsys) -> None:
+    if message is None:
+        args = parse_args(["--agents", "random", *argv])
+        assert args.episodes_at == {"4K": 5}
+        return
+    with pytest.raises(SystemExit):
+        parse_args(["--agents", "random", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_duplicate_values_plan_each_cell_once() -> None:
+    args = parse_args(["--agents", "random", "random", "--tasks", "qa1", "qa1", "--seeds", "0", "0",
+                       "--lengths", "4K", "4000"])
+    from qrag_benchmarks.run import plan
+
+    assert len(plan(args)) == 1
+
+
+def test_qrag_without_a_model_for_a_task_is_refused_before_any_cell(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--agents", "qrag", "--tasks", "qa1", "--qrag-models", str(tmp_path)])
+    assert "no trained Q-RAG model for qa1" in capsys.readouterr().err
+    assert parse_args(["--agents", "qrag", "--tasks", "qa1", "niah:multikey_3", "hotpotqa"]).agents == ["qrag"]  # shipped
+
+
+def test_merge_refuses_one_cell_under_two_settings(tmp_path: Path, capsys) -> None:
+    base = {"agent": "a", "task": "qa1", "length": "1K", "context_tokens": 1_000, "seed": 0, "success_at_k": 1.0,
+            "source": "test"}
+    report.write_records(tmp_path / "x" / report.EPISODES_JSON, [{**base, "episode": 0, "split": "test"}])
+    report.write_records(tmp_path / "y" / report.EPISODES_JSON, [{**base, "episode": 1, "split": "validation"}])
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "out"), str(tmp_path / "x"), str(tmp_path / "y")])
+    assert "would mix one cell's episodes" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_outputs_of_the_other_label_do_not_linger(tmp_path: Path) -> None:
+    real = [{"agent": "a", "task": "qa1", "length": "1K", "context_tokens": 1_000, "seed": 0, "episode": 0,
+             "success_at_k": 1.0, "source": "babi-real+gutenberg"}]
+    report.write_outputs(tmp_path, real, {})
+    report.write_outputs(tmp_path, [{**real[0], "source": "babi-generated+synthetic-noise"}], {})
+    names = {p.name for p in tmp_path.iterdir()}
+    assert report.SUMMARY_MD not in names and report.PLOT_PNG not in names and "summary-GENERATED-DATA.md" in names

@@ -15,6 +15,7 @@ picks after the stop are made but not handed to the reader.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,16 +55,38 @@ class QRAGAgent:
             return [PRETRAINED_DIR / name for name in names]
         return [self.models_dir / name / "best" for name in names]
 
-    def _network_for(self, task: str) -> QNetwork:
-        if self._given is not None:
-            return self._given
+    def _folder_for(self, task: str) -> Path:
+        """The model folder used for ``task`` (a bAbI task, ``hotpotqa`` or a NIAH variant's name)."""
         candidates = self._model_folders(task)
-        folder = next((f for f in candidates if f.is_dir()), None)
+        folder = next((f for f in candidates if (f / "model.safetensors").is_file()), None)
         if folder is None:
             train = f"niah:{task}" if task in NIAH_VARIANTS else task
             raise FileNotFoundError(f"no trained Q-RAG model for {task} at {' or '.join(map(str, candidates))}: "
                                     f"train one with `qrag-train --task {train} --out runs/{task}` and pass "
-                                    f"models_dir='runs' (qrag-bench --qrag-models runs)")
+                                    f"models_dir='runs' (qrag-bench --qrag-models runs), or leave qrag out")
+        return folder
+
+    @staticmethod
+    def _model_task(task: str) -> str:
+        """Benchmark task names (``niah:multivalue``) to the name an episode's ``info["task"]`` carries."""
+        return task.split(":", 1)[1] if task.startswith("niah:") else task
+
+    def check_task(self, task: str) -> None:
+        """Raise now, with the command to fix it, if no model exists for a benchmark task."""
+        if self._given is None and not self.model:
+            self._folder_for(self._model_task(task))
+
+    def settings_fingerprint(self, task: str) -> str:
+        """A digest of the model weights this agent uses for ``task``: a cell's records depend on them."""
+        if self._given is not None:
+            return "network in memory"
+        folder = Path(self.model) if self.model else self._folder_for(self._model_task(task))
+        return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+    def _network_for(self, task: str) -> QNetwork:
+        if self._given is not None:
+            return self._given
+        folder = self._folder_for(task)
         key = str(folder)
         if key not in self._networks:
             self._networks[key] = load_model(folder, device=self.device)
