@@ -21,6 +21,7 @@ import numpy as np
 from qrag_benchmarks.results_io import write_atomic, write_json
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.metrics import wilson_interval
+from qrag_gym.tasks import short_name, task_family
 
 EPISODES_JSON, EPISODES_CSV, SUMMARY_MD, PLOT_PNG, RUN_JSON = (
     "episodes.json.gz", "episodes.csv.gz", "summary.md", "success_vs_length.png", "run.json")
@@ -84,10 +85,12 @@ PLOT_COLUMNS = 5
 
 
 def _family(task: str) -> str:
-    """The task's family for grouping (bAbI ``qa*``, ``niah:*``, else the task's own name)."""
-    if task.startswith("niah:"):
-        return "niah"
-    return "babilong" if task.startswith("qa") else task
+    """The task's family for grouping (:func:`qrag_gym.tasks.task_family`; a name it does not know, from
+    a user's own records, groups by itself)."""
+    try:
+        return task_family(task)
+    except ValueError:
+        return task
 
 
 def _task_order(task: str) -> tuple[int, int, str]:
@@ -99,7 +102,7 @@ def _task_order(task: str) -> tuple[int, int, str]:
 
 
 def _column(task: str) -> str:
-    return task.split(":", 1)[1] if task.startswith("niah:") else task
+    return short_name(task)
 
 
 def _orders(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:

@@ -1,6 +1,6 @@
 """An optional generative reader: answer an episode's question from the retrieved chunks with a local HF model.
 
-Q-RAG scores retrieval by what an LLM answers from the few chunks it retrieved (method notes §7.3). We
+Q-RAG scores retrieval by what an LLM answers from the few chunks it retrieved. We
 follow that protocol: the kept chunks are re-sorted into document order (bAbI facts only make sense in
 story order), put into a BABILong-style prompt (instruction, one worked example, answer format, the
 context, the question) for bAbI and NIAH, or into an open-QA prompt that asks for a closing

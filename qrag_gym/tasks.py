@@ -17,6 +17,8 @@ from qrag_gym.data.paths import find_data_subdir
 from qrag_gym.validation import MAX_CONTEXT_TOKENS
 
 NIAH_PREFIX = "niah:"
+NIAH_ALL = "niah:all"
+"""Training and ``qrag-evaluate`` alias: every NIAH variant with one model."""
 FAMILIES = ("babilong", "niah", "hotpotqa")
 ENV_IDS = {"babilong": "QRAG-Babilong-v0", "niah": "QRAG-NIAH-v0", "hotpotqa": "QRAG-HotpotQA-v0"}
 READERS = {"babilong": "qrag_gym.readers.answer_babi (exact bAbI reader on the kept chunks, document order)",
@@ -40,6 +42,21 @@ def task_family(task: str) -> str:
     if task == "hotpotqa":
         return "hotpotqa"
     raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASK_NAMES)}")
+
+
+def family_of(task: str) -> str:
+    """:func:`task_family`, also for the :data:`NIAH_ALL` alias."""
+    return "niah" if task == NIAH_ALL else task_family(task)
+
+
+def expand(task: str) -> list[str]:
+    """The benchmark tasks a name stands for: :data:`NIAH_ALL` is every NIAH variant, others themselves."""
+    return [NIAH_PREFIX + variant for variant in NIAH_VARIANTS] if task == NIAH_ALL else [task]
+
+
+def short_name(task: str) -> str:
+    """The name an episode's ``info["task"]`` carries: ``niah:multivalue`` -> ``multivalue``."""
+    return task[len(NIAH_PREFIX):] if task.startswith(NIAH_PREFIX) else task
 
 
 def has_lengths(task: str) -> bool:

@@ -8,8 +8,8 @@ falls back to the ``niah`` model (``qrag-train --task niah:all`` trains on all e
 (same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`qrag_agents.qrag.inference`).
 ``QRAGAgent(network=...)`` wraps a network in memory (validation during training).
 
-What it keeps: the picks before the first step whose max-Q fell to the threshold (the paper's §7.2
-stop; 0.5 by default, the model's ``q_threshold``). Evaluation episodes still run all T steps; the
+What it keeps: the picks before the first step whose max-Q fell to the threshold (the paper's Q-value
+chunk filter; 0.5 by default, the model's ``q_threshold``). Evaluation episodes still run all T steps; the
 picks after the stop are made but not handed to the reader.
 """
 
@@ -28,6 +28,7 @@ from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.pretrained import PRETRAINED_DIR, pretrained_folder
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.shortlist import ChunkIndex
+from qrag_gym.tasks import short_name
 
 
 class QRAGAgent:
@@ -66,21 +67,16 @@ class QRAGAgent:
                                     f"models_dir='runs' (qrag-bench --qrag-models runs), or leave qrag out")
         return folder
 
-    @staticmethod
-    def _model_task(task: str) -> str:
-        """Benchmark task names (``niah:multivalue``) to the name an episode's ``info["task"]`` carries."""
-        return task.split(":", 1)[1] if task.startswith("niah:") else task
-
     def check_task(self, task: str) -> None:
         """Raise now, with the command to fix it, if no model exists for a benchmark task."""
         if self._given is None and not self.model:
-            self._folder_for(self._model_task(task))
+            self._folder_for(short_name(task))
 
     def settings_fingerprint(self, task: str) -> str:
         """A digest of the model weights this agent uses for ``task``: a cell's records depend on them."""
         if self._given is not None:
             return "network in memory"
-        folder = Path(self.model) if self.model else self._folder_for(self._model_task(task))
+        folder = Path(self.model) if self.model else self._folder_for(short_name(task))
         return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
 
     def _network_for(self, task: str) -> QNetwork:
@@ -113,6 +109,6 @@ class QRAGAgent:
         return action
 
     def kept(self, info: dict[str, Any]) -> Sequence[int]:
-        """The selections before the first step whose max-Q fell to the threshold (§7.2)."""
+        """The selections before the first step whose max-Q fell to the threshold."""
         threshold = self.network.config.q_threshold if self.threshold is None else self.threshold
         return keep_until_threshold(list(info["selected_order"]), self._max_q, threshold)

@@ -1,4 +1,4 @@
-"""Every Q-RAG hyperparameter in one place (qrag-method.md §4.6).
+"""Every Q-RAG hyperparameter in one place (the paper's hyperparameters, from the authors' configs).
 
 The field defaults are the paper's GPU values (facebook/contriever fine-tuned end to end); the
 :func:`cpu_config` preset is the design we measured on 2 CPU cores: a frozen all-MiniLM-L6-v2 whose
@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from qrag_gym.tasks import NIAH_ALL, NIAH_PREFIX, family_of  # the one task table
 
 POSITIONS = ("relative", "none")
 
@@ -41,7 +43,7 @@ class QRAGConfig:
     state_piece_max_tokens: int = 64
     embed_scale: float = 0.1
     """Pooled outputs are multiplied by this in full fine-tuning (the authors divide by 10)."""
-    # --- positions (§3.4) -----------------------------------------------------------------------
+    # --- positions (relative, rotary) -----------------------------------------------------------------------
     positions: str = "relative"
     """"relative" (BabiLong) or "none" (NIAH, HotpotQA)."""
     position_step: float = 20.0
@@ -62,7 +64,7 @@ class QRAGConfig:
     """Training-only shaping (the authors' option, 0 in their configs); validation always uses 0."""
     num_envs: int = 1
     rollout_steps: int = 65
-    # --- learning (§4) --------------------------------------------------------------------------
+    # --- learning (soft Q-learning, lambda-returns) ---------------------------------------------------------
     gamma: float = 0.99
     lam: float = 0.65
     tau: float = 0.1
@@ -171,16 +173,13 @@ def _checked(name: str, value: Any, kind: Any) -> Any:
     return value
 
 
-NIAH_PREFIX = "niah:"
-NIAH_ALL = "niah:all"
-
-
 def task_settings(task: str) -> dict[str, Any]:
-    """The authors' per-task environment settings (qrag-method.md §6): no positions and T=5 for NIAH,
+    """The authors' per-task environment settings (from their environment configs): no positions and T=5 for NIAH,
     no positions and T=2 for HotpotQA with paragraph-length chunks; BABILong keeps the defaults."""
-    if task.startswith(NIAH_PREFIX):
+    family = family_of(task)
+    if family == "niah":
         return {"positions": "none", "max_steps": 5}
-    if task == "hotpotqa":
+    if family == "hotpotqa":
         return {"positions": "none", "max_steps": 2, "chunk_max_tokens": 256, "state_piece_max_tokens": 220}
     return {}
 
@@ -208,7 +207,7 @@ def cpu_task_tuning(task: str) -> dict[str, Any]:
 
 
 def cpu_config(**overrides: Any) -> QRAGConfig:
-    """The 2-core CPU design (design.md "CPU first", cpu-findings.md): frozen MiniLM + adapters.
+    """The 2-core CPU design (measured on this machine; README "Q-RAG"): frozen MiniLM + adapters.
 
     Changes from the paper's values, each measured on this machine: cached frozen features instead of
     two 110M-parameter encoders, a larger learning rate for the small adapters (3e-4), 64 parallel

@@ -16,11 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from qrag_agents.qrag.config import NIAH_ALL, NIAH_PREFIX
 from qrag_gym.atomic import atomic_write_bytes
-from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.evaluation import group_summaries, make_eval_env, plan_cells, resolve_split, run_cell
-from qrag_gym.tasks import TASK_NAMES, parse_length, task_family
+from qrag_gym.tasks import NIAH_ALL, TASK_NAMES, expand, parse_length, task_family
 
 AGENT_NAME = "qrag"
 
@@ -68,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.lengths = [parse_length(text) for text in args.lengths]
         task = args.task or model_task(args.model)
-        args.tasks = [NIAH_PREFIX + v for v in NIAH_VARIANTS] if task == NIAH_ALL else [task]
+        args.tasks = expand(task)
         for name in args.tasks:
             task_family(name)
     except ValueError as err:

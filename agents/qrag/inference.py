@@ -1,4 +1,4 @@
-"""Q-RAG's greedy step: Q of every chunk in a state, and the Q-threshold stop (the paper's §7.2).
+"""Q-RAG's greedy step: Q of every chunk in a state, and the Q-threshold stop (the paper's Q-value chunk filter).
 
 Episodes are played and measured by the one evaluation runner (:mod:`qrag_gym.evaluation`) with
 :class:`qrag_agents.qrag.agent.QRAGAgent`; this module only scores.

@@ -1,4 +1,4 @@
-"""The Q-RAG learner (qrag-method.md §4): on-policy soft Q-learning with lambda-returns.
+"""The Q-RAG learner (the paper's Algorithm 1): on-policy soft Q-learning with lambda-returns.
 
 Read it top to bottom: :func:`lambda_returns` is the paper's Algorithm 1; :class:`Learner` collects
 ``rollout_steps`` transitions from each of ``num_envs`` episodes with a Boltzmann policy over the
@@ -40,7 +40,7 @@ def lambda_returns(rewards: torch.Tensor, dones: torch.Tensor, values: torch.Ten
 
 
 def soft_value(q_halves: torch.Tensor, valid: torch.Tensor, alpha: float, top_k: int) -> torch.Tensor:
-    """``V = sum_h alpha * logsumexp(Q_h / alpha)`` over each half's top-k available chunks (§4.2)."""
+    """``V = sum_h alpha * logsumexp(Q_h / alpha)`` over each half's top-k available chunks."""
     masked = q_halves.masked_fill(~valid.unsqueeze(-1), -math.inf)
     k = min(top_k, masked.shape[-2])
     best = masked.topk(k, dim=-2).values
@@ -153,7 +153,7 @@ class Learner:
 
     @property
     def alpha(self) -> float:
-        """The temperature follows the learning-rate schedule: ``alpha_0 * lr_now / lr_0`` (§4.1)."""
+        """The temperature follows the learning-rate schedule: ``alpha_0 * lr_now / lr_0``."""
         return self.config.alpha * self.scheduler.get_last_lr()[0] / self.config.lr
 
     @torch.no_grad()
@@ -217,7 +217,7 @@ class Learner:
         return Batch(questions, selected, actions, positions.reshape(-1), targets.reshape(-1), returns, successes)
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """One gradient step on the batch: MSE of ``2 Q_h`` toward ``G`` for both halves (§4.3)."""
+        """One gradient step on the batch: MSE of ``2 Q_h`` toward ``G`` for both halves."""
         states = self.online.embed_states(batch.questions, batch.selected)
         chunks = self.online.embed_chunks(batch.actions)
         q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))

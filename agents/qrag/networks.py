@@ -1,13 +1,13 @@
-"""The Q-function Q(s, a) = <E_s(s), R(p) E_a(a)> (qrag-method.md §3), in two interchangeable builds.
+"""The Q-function Q(s, a) = <E_s(s), R(p) E_a(a)> (the paper's Q-function), in two interchangeable builds.
 
 - Adapter build (CPU default): a frozen encoder's sentence vectors, computed once per text and
   cached, feed small trainable adapters. Chunk side ``normalize(e + MLP(e))``; state side starts as
   the untrained multi-step dense retriever ``normalize(q + sum(selected))`` plus a learned residual
-  (cpu-findings.md: a state that starts as the bare question never sees a reward on qa2).
+  (measured here: a state that starts as the bare question never saw a reward on qa2).
 - Full build (the paper, for GPUs): two trainable copies of an HF encoder, mean pooled and scaled.
 
 Both take texts, so the learner is the same code for both. The embedding is split into two halves,
-each giving its own Q estimate (§3.3); acting uses their sum.
+each giving its own Q estimate; acting uses their sum.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Relative chunk positions and their rotary encoding (qrag-method.md §3.4).
+"""Relative chunk positions and their rotary encoding (the paper's relative positional encoding).
 
 A chunk's position is not its index but where it sits relative to the chunks already selected:
 segment ``j`` (how many selected chunks precede it, counting itself when selected) times ``step``,

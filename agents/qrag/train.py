@@ -33,7 +33,7 @@ from qrag_gym.envs.hotpotqa import HotpotQAEnv
 from qrag_gym.envs.niah import NiahEnv
 from qrag_gym.envs.retrieval import RetrievalEnv
 from qrag_gym.evaluation import MEAN_METRICS, make_eval_env, run_episodes, summarize
-from qrag_gym.tasks import task_family
+from qrag_gym.tasks import expand, short_name, task_family
 
 VALIDATION_SEED = 10_000
 """Reset seeds of validation episodes start here (the benchmarks' cells start at 0)."""
@@ -55,7 +55,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def make_env(config: QRAGConfig, task: str, num_sentences: int, data_dir: str | None,
              full_episodes: bool = True) -> RetrievalEnv:
-    """One training env of ``task`` with the authors' settings (the paper's §6 and their configs).
+    """One training env of ``task`` with the authors' settings (their environment configs).
 
     BABILong: shaped reward, penalize_extra_steps and never_terminate (unless ``full_episodes`` is False:
     see ``config.full_episode_share``). NIAH (``niah:<variant>``, documents of ``train_context_tokens``):
@@ -63,10 +63,11 @@ def make_env(config: QRAGConfig, task: str, num_sentences: int, data_dir: str | 
     """
     embedder = config.env_embedder
     shaping = config.per_fact_reward
-    if task.startswith(NIAH_PREFIX):
-        return NiahEnv(variant=task[len(NIAH_PREFIX):], context_tokens=config.train_context_tokens, split="train",
+    family = task_family(task)
+    if family == "niah":
+        return NiahEnv(variant=short_name(task), context_tokens=config.train_context_tokens, split="train",
                        max_steps=config.max_steps, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
-    if task == "hotpotqa":
+    if family == "hotpotqa":
         return HotpotQAEnv(split="train", data_dir=data_dir, max_steps=config.max_steps, never_terminate=True,
                            embedder=embedder, per_fact_reward=shaping)
     return BabilongEnv(task=task, num_sentences=num_sentences, split="train", max_steps=config.max_steps,
@@ -92,9 +93,8 @@ def make_train_envs(config: QRAGConfig, data_dir: str | None) -> list[RetrievalE
 def make_validation_envs(config: QRAGConfig, data_dir: str | None) -> list[tuple[str, gym.Env]]:
     """(task, env) pairs validation runs on: the held-out split of the configured task (all eight
     variants for ``niah:all``), through the same evaluation env every benchmark uses (run to T)."""
-    tasks = [NIAH_PREFIX + variant for variant in NIAH_VARIANTS] if config.task == NIAH_ALL else [config.task]
     envs = []
-    for task in tasks:
+    for task in expand(config.task):
         family = task_family(task)
         length = {"num_sentences": config.eval_num_sentences} if family == "babilong" else \
             {"tokens": config.train_context_tokens} if family == "niah" else {}
