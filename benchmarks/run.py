@@ -54,7 +54,9 @@ QUICK = {"agents": [*CHEAP_AGENTS, "qrag"], "tasks": ["qa1", "qa2"], "lengths": 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qrag-bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     epilog="qrag-bench show RUN --agent A --task T [--length L] --episode N renders "
+                                            "one recorded episode of a run (see qrag-bench show --help)")
     parser.add_argument("--quick", action="store_true",
                         help=f"preset: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
     parser.add_argument("--agents", nargs="+", default=[*CHEAP_AGENTS, "qrag"],
