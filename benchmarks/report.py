@@ -225,8 +225,7 @@ def plot_png(records: Sequence[dict[str, Any]]) -> bytes:
                 marker, line = styles[index % len(styles)]
                 x, y, n = (np.array(v, dtype=float) for v in zip(*points))
                 low, high = np.array([wilson_interval(m * c, int(c)) for m, c in zip(y, n)]).T
-                spread = np.clip([y - low, high - y], 0.0, None)  # float rounding at 0/n and n/n
-                axis.errorbar(x, y, yerr=spread, marker=marker, linestyle=line, markersize=5, color=f"C{index % 10}",
+                axis.errorbar(x, y, yerr=[y - low, high - y], marker=marker, linestyle=line, markersize=5, color=f"C{index % 10}",
                               alpha=0.85, capsize=2, label=agent)
         axis.set_xscale("log")
         task_lengths = [n for n in lengths if any((a, task, n) in means for a in agents)]

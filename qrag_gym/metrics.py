@@ -57,7 +57,8 @@ def wilson_interval(successes: float, trials: int, z: float = 1.959964) -> tuple
     denominator = 1 + z * z / trials
     centre = (rate + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds are exact at 0/n and n/n, but float rounding can leave them a hair inside the rate
+    return max(0.0, min(centre - half, rate)), min(1.0, max(centre + half, rate))
 
 
 # ----- answer metrics (readers) ------------------------------------------------------------------------

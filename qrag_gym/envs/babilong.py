@@ -22,7 +22,7 @@ from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, 
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
 from qrag_gym.embedding import count_tokens, load_tokenizer
-from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
+from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
 from qrag_gym.episode import Episode
 from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, MAX_NUM_SENTENCES, positive_int
 
@@ -163,7 +163,7 @@ def assemble(
     )
 
 
-class BabilongEnv(RetrievalEnv):
+class BabilongEnv(QuestionSetEnv):
     """``QRAG-Babilong-v0``: find the supporting facts of a bAbI question hidden in book text.
 
     ## Description
@@ -299,9 +299,6 @@ class BabilongEnv(RetrievalEnv):
         if self.release is not None:
             return len(self.release.matched)
         return len(self._source.samples)
-
-    def _sample_episode(self) -> Episode:
-        return self._episode_for_question(int(self.np_random.integers(self.num_questions)))
 
     def _episode_for_question(self, index: int) -> Episode:
         if self.release is not None:

@@ -11,7 +11,7 @@ import numpy as np
 from qrag_gym.data.hotpotqa import DEFAULT_FILE, DEFAULT_FILES, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.embedding import count_tokens, load_tokenizer
-from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
+from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
 from qrag_gym.episode import Episode
 
 
@@ -45,7 +45,7 @@ def _cached_token_counts(path: str, tokenizer_name: str | None) -> dict[str, int
     return {q.qid: int(counts[end - len(q.chunks):end].sum()) for q, end in zip(questions, ends)}
 
 
-class HotpotQAEnv(RetrievalEnv):
+class HotpotQAEnv(QuestionSetEnv):
     """``QRAG-HotpotQA-v0``: select the supporting paragraphs of a multi-hop question.
 
     ## Description
@@ -131,8 +131,6 @@ class HotpotQAEnv(RetrievalEnv):
     def _episode_for_question(self, index: int) -> Episode:
         return self.episode_at(index)
 
-    def _sample_episode(self) -> Episode:
-        return self.episode_at(int(self.np_random.integers(len(self.questions))))
 
     def _episode_info(self) -> dict[str, Any]:
         episode = self._require_episode()

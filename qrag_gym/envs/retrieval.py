@@ -129,18 +129,12 @@ class RetrievalEnv(gym.Env, ABC):
         """Extra per-episode facts for ``info`` (split, task, ...)."""
         return {}
 
-    @property
-    def num_questions(self) -> int | None:
-        """Size of the split's fixed question set, or None where documents are generated (NIAH).
-
-        With a fixed set, ``reset(options={"question_index": i})`` asks question ``i``, so an
-        evaluation can walk every question once instead of drawing with replacement.
-        """
-        return None
-
-    def _episode_for_question(self, index: int) -> Episode:
-        """The episode of question ``index`` (envs with a fixed question set override this)."""
-        raise NotImplementedError(f"{type(self).__name__} has no fixed question set")
+    def _episode_from_options(self, options: dict[str, Any]) -> Episode:
+        """The episode ``reset`` plays: ``options["episode"]`` if given, else a freshly drawn one."""
+        if "question_index" in options:
+            raise ValueError(f"options['question_index']: {type(self).__name__} has no fixed question set "
+                             "(its documents are generated); reset with a seed instead")
+        return options.get("episode") or self._sample_episode()
 
     def _shortfall(self, episode: Episode) -> str | None:
         """How ``episode`` falls short of the length asked, or None (subclasses that take a length say)."""
@@ -171,11 +165,7 @@ class RetrievalEnv(gym.Env, ABC):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        options = options or {}
-        if "question_index" in options:
-            episode = self._episode_for_question(self._check_question_index(options["question_index"]))
-        else:
-            episode = options.get("episode") or self._sample_episode()
+        episode = self._episode_from_options(options or {})
         if len(episode.chunks) > self.max_chunks:
             raise ValueError(f"episode has {len(episode.chunks)} chunks; this env holds at most {self.max_chunks}")
         self.episode = episode
@@ -193,14 +183,6 @@ class RetrievalEnv(gym.Env, ABC):
         self._ended = False
         self._vectors = None
         return self._observation(), self._info(invalid=False)
-
-    def _check_question_index(self, index: Any) -> int:
-        count = self.num_questions
-        if count is None:
-            raise ValueError(f"options['question_index']: {type(self).__name__} has no fixed question set")
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < count:
-            raise ValueError(f"options['question_index'] must be an int in [0, {count}), got {index!r}")
-        return int(index)
 
     def step(self, action: Any) -> tuple[dict[str, Any], SupportsFloat, bool, bool, dict[str, Any]]:
         episode = self._require_episode()
@@ -325,3 +307,32 @@ class RetrievalEnv(gym.Env, ABC):
         np.maximum.at(binned, np.arange(count) * columns // count, state)
         colours = np.array([[200, 200, 200], [40, 90, 220], [220, 40, 40], [30, 170, 60]], dtype=np.uint8)
         return np.repeat(colours[binned][None, :, :], height, axis=0)
+
+
+class QuestionSetEnv(RetrievalEnv, ABC):
+    """A retrieval env over a fixed set of questions (bAbI stories, HotpotQA, the BABILong release).
+
+    ``reset(options={"question_index": i})`` asks question ``i`` of the split, so an evaluation can walk
+    every question once instead of drawing with replacement; without it a question is drawn with
+    ``self.np_random``. Subclasses say how many questions there are and build the episode of one.
+    """
+
+    @property
+    @abstractmethod
+    def num_questions(self) -> int:
+        """How many questions the split holds."""
+
+    @abstractmethod
+    def _episode_for_question(self, index: int) -> Episode:
+        """The episode of question ``index`` (``0 <= index < num_questions``), drawing noise from ``np_random``."""
+
+    def _sample_episode(self) -> Episode:
+        return self._episode_for_question(int(self.np_random.integers(self.num_questions)))
+
+    def _episode_from_options(self, options: dict[str, Any]) -> Episode:
+        if "question_index" not in options:
+            return super()._episode_from_options(options)
+        index, count = options["question_index"], self.num_questions
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < count:
+            raise ValueError(f"options['question_index'] must be an int in [0, {count}), got {index!r}")
+        return self._episode_for_question(int(index))
