@@ -90,7 +90,7 @@ def _fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if name == RELEASE_NAME:
                 from qrag_gym.data.babilong_fetch import fetch_babilong
 
-                fetch_babilong(Path(root), args.lengths, progress=not args.quiet)
+                fetch_babilong(Path(root), args.lengths, progress=not args.quiet, overwrite=args.overwrite)
                 continue
             fetch_source(name, root, url=args.url, sha256=args.sha256, overwrite=args.overwrite,
                          progress=not args.quiet)

@@ -244,6 +244,14 @@ def test_fetch_babilong_downloads_the_asked_files_through_the_hub_client(local_h
     assert main(["check", "--data-dir", str(target)]) == 1  # bAbI, books, HotpotQA absent there
     report = capsys.readouterr().out
     assert f"{TASK}: {LENGTH} (" in report and "qa1: no lengths" in report
+    # fetching again keeps what it installed; a file the user changed is refused unless --overwrite
+    assert main(["fetch", "babilong", "--lengths", LENGTH, "--to", str(target), "--quiet"]) == 0
+    mine = target / "babilong" / "data" / TASK / f"{LENGTH}.json"
+    mine.write_text("[]")
+    assert main(["fetch", "babilong", "--lengths", LENGTH, "--to", str(target), "--quiet"]) == 1
+    assert "--overwrite" in capsys.readouterr().err and mine.read_text() == "[]"
+    assert main(["fetch", "babilong", "--lengths", LENGTH, "--to", str(target), "--quiet", "--overwrite"]) == 0
+    assert mine.read_bytes() == shipped
 
 
 def test_fetch_babilong_refuses_offline_mode_and_unknown_lengths(tmp_path, monkeypatch, capsys) -> None:

@@ -78,11 +78,13 @@ def download_release(local_dir: Path, patterns: list[str], *, endpoint: str | No
 
 def fetch_babilong(root: Path, lengths: Sequence[str] | None = None, tasks: Sequence[str] = TASKS, *,
                    endpoint: str | None = None, revision: str = "main", progress: bool = True,
-                   log: Callable[[str], None] = print) -> list[str]:
+                   overwrite: bool = False, log: Callable[[str], None] = print) -> list[str]:
     """Download the release's ``tasks`` x ``lengths`` into ``root/babilong`` and record them in the lock file.
 
     Returns the installed paths relative to ``root``. Files missing from the hub's listing (a length the
-    release lacks for a task) are reported by name.
+    release lacks for a task) are reported by name. A file already there that this tool did not install
+    (absent from the lock file, or changed since) is refused unless ``overwrite``: the hub client would
+    replace it.
     """
     lengths = list(DEFAULT_LENGTHS if not lengths else dict.fromkeys(lengths))
     for length in lengths:
@@ -91,6 +93,16 @@ def fetch_babilong(root: Path, lengths: Sequence[str] | None = None, tasks: Sequ
     if root.exists() and not root.is_dir():
         raise DataFetchError(f"--to {root} exists and is not a folder")
     local = root / RELEASE_DIR
+    recorded = load_lock(root)["sources"].get(LOCK_NAME, {}).get("files", {})
+    foreign = sorted(f"{RELEASE_DIR}/data/{t}/{n}.json" for t in tasks for n in lengths
+                     if release_file(local, t, n).is_file()
+                     and recorded.get(f"{RELEASE_DIR}/data/{t}/{n}.json") != sha256_of(release_file(local, t, n)))
+    if foreign and not overwrite:
+        raise DataFetchError(f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} in {root} were not "
+                             "installed by qrag-data (or changed since) and the download would replace them: "
+                             "move them away, or pass --overwrite")
+    for rel in foreign:  # --overwrite: the hub client trusts its own records and would keep the changed file
+        (root / rel).unlink()
     local.mkdir(parents=True, exist_ok=True)
     log(f"babilong: {REPO_ID} ({', '.join(tasks)} at {', '.join(lengths)}) -> {local}")
     commit = download_release(local, release_patterns(tasks, lengths), endpoint=endpoint, revision=revision,
