@@ -12,7 +12,6 @@ import csv
 import gzip
 import io
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from qrag_benchmarks.results_io import write_atomic, write_json
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
+from qrag_gym.evaluation import group_summaries
 from qrag_gym.metrics import wilson_interval
 from qrag_gym.tasks import short_name, task_family
 
@@ -66,12 +66,10 @@ def episodes_csv(records: Sequence[dict[str, Any]]) -> str:
 
 
 def cell_means(records: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, str, str], tuple[float, int]]:
-    """(agent, task, length) -> (mean of ``metric`` over its episodes, episode count); ``None`` values skipped."""
-    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for record in records:
-        if record.get(metric) is not None:
-            values[(record["agent"], record["task"], record["length"])].append(float(record[metric]))
-    return {key: (float(np.mean(v)), len(v)) for key, v in values.items()}
+    """(agent, task, length) -> (mean of ``metric`` over its episodes, episode count), from the runner's own
+    :func:`qrag_gym.evaluation.group_summaries`; cells without the metric (HotpotQA's answer) are absent."""
+    return {(s["agent"], s["task"], s["length"]): (s[metric], s["episodes"])
+            for s in group_summaries(list(records)) if metric in s}
 
 
 def rate_text(mean: float, count: int) -> str:

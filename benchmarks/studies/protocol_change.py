@@ -14,28 +14,18 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic
+from qrag_gym.evaluation import group_summaries
 
 METRICS = (("success_at_k", "success@k"), ("success_at_t", "success@T"), ("f1", "F1"), ("answer_correct", "answer"))
 
 
 def cell_means(path: Path) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(agent, task, length) -> mean of each metric (and the episode count ``n``) over a records file."""
-    values: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for record in json.loads(gzip.decompress(path.read_bytes())):
-        cell = values[(record["agent"], record["task"], record["length"])]
-        answer = record.get("answer_correct", record.get("answer_accuracy"))
-        for metric, _ in METRICS:
-            value = answer if metric == "answer_correct" else record.get(metric)
-            if value is not None:
-                cell[metric].append(float(value))
-    return {key: {**{m: float(np.mean(v)) for m, v in cell.items()}, "n": len(cell["success_at_k"])}
-            for key, cell in values.items()}
+    """(agent, task, length) -> mean of each metric and the episode count ``n``, by the runner's summary."""
+    return {(s["agent"], s["task"], s["length"]): {**s, "n": s["episodes"]}
+            for s in group_summaries(json.loads(gzip.decompress(path.read_bytes())))}
 
 
 def main(argv: list[str] | None = None) -> None:
