@@ -133,14 +133,19 @@ def make_agent(spec: str, **offered: Any) -> Agent:
     """
     cls = resolve_agent_class(spec)
     settings = parse_agent_spec(spec)[1]
-    parameters = inspect.signature(cls).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    unknown = [key for key in settings if not takes_any and key not in parameters]
+    unknown = sorted(set(settings) - set(accepted_kwargs(spec, settings)))
     if unknown:
         raise ValueError(f"agent {spec!r}: {cls.__name__}() takes no {', '.join(unknown)} "
-                         f"(it takes {', '.join(parameters) or 'no arguments'})")
-    accepted = {key: value for key, value in offered.items() if takes_any or key in parameters}
-    return cls(**{**accepted, **settings})
+                         f"(it takes {', '.join(inspect.signature(cls).parameters) or 'no arguments'})")
+    return cls(**{**accepted_kwargs(spec, offered), **settings})
 
 
-__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "make_agent", "parse_agent_spec", "resolve_agent_class"]
+def accepted_kwargs(spec: str, offered: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``offered`` that the agent's constructor accepts."""
+    parameters = inspect.signature(resolve_agent_class(spec)).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return {key: value for key, value in offered.items() if takes_any or key in parameters}
+
+
+__all__ = ["Agent", "BUILTIN_AGENTS", "BaseAgent", "accepted_kwargs", "make_agent", "parse_agent_spec",
+           "resolve_agent_class"]

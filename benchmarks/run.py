@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import platform
 import sys
@@ -38,7 +37,7 @@ import gymnasium as gym
 from tqdm.auto import tqdm
 
 import qrag_gym
-from qrag_agents.base import Agent, make_agent, resolve_agent_class
+from qrag_agents.base import Agent, accepted_kwargs, make_agent, resolve_agent_class
 from qrag_benchmarks.report import EPISODES_JSON, RUN_JSON, load_records, write_outputs
 from qrag_gym.data.babi import TASKS
 from qrag_gym.evaluation import Cell, make_eval_env, plan_cells, resolve_split, run_cell
@@ -178,11 +177,8 @@ def plan(args: argparse.Namespace) -> list[Cell]:
 
 def agent_kwargs(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments the agent's constructor accepts, of those the harness offers."""
-    offered = {"seed": seed, "total_timesteps": args.train_steps, "models_dir": args.qrag_models,
-               "shortlist": args.shortlist}
-    parameters = inspect.signature(resolve_agent_class(name)).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    return {key: value for key, value in offered.items() if takes_any or key in parameters}
+    return accepted_kwargs(name, {"seed": seed, "total_timesteps": args.train_steps, "models_dir": args.qrag_models,
+                                  "shortlist": args.shortlist})
 
 
 def cell_settings(agent: str, task: str, args: argparse.Namespace, splits: dict[str, str]) -> dict[str, Any]:
