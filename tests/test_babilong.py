@@ -50,11 +50,33 @@ def test_binary_reward_never_terminate_runs_max_steps(data_dir) -> None:
     env = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50, reward="binary", never_terminate=True, max_steps=3)
     obs, info = env.reset(seed=0)
     _, reward, terminated, truncated, _ = env.step(info["supporting_ids"][0])
-    assert (reward, terminated, truncated) == (0.0, False, False)
+    assert (reward, terminated, truncated) == (1.0, False, False)  # paid once, when the fact is in
     others = [int(i) for i in np.flatnonzero(env.unwrapped.action_masks())[:2]]
     assert env.step(others[0])[1] == 0.0
     _, reward, terminated, truncated, _ = env.step(others[1])
-    assert (reward, terminated, truncated) == (1.0, False, True)
+    assert (reward, terminated, truncated) == (0.0, False, True)
+
+
+@pytest.mark.parametrize("order", ["fact first", "fact last", "fact missed"])
+def test_binary_return_is_the_same_under_gymnasiums_time_limit(data_dir, order: str) -> None:
+    """``gym.make(max_episode_steps=2)`` truncates outside the env; the return must still be 1 exactly
+    when the supporting fact is in the final state, as with the env's own ``max_steps=2``."""
+    returns = []
+    for limits in ({"max_steps": 2}, {"max_steps": 6, "max_episode_steps": 2}):
+        env = gym.make("QRAG-Babilong-v0", task="qa1", num_sentences=50, reward="binary", never_terminate=True,
+                       **limits)
+        _, info = env.reset(seed=3)
+        fact = int(info["supporting_ids"][0])
+        noise = [int(i) for i in np.flatnonzero(env.unwrapped.action_masks()) if i != fact][:2]
+        actions = {"fact first": [fact, noise[0]], "fact last": [noise[0], fact], "fact missed": noise}[order]
+        total, ended = 0.0, []
+        for action in actions:
+            _, reward, terminated, truncated, _ = env.step(action)
+            total += reward
+            ended.append(terminated or truncated)
+        assert ended == [False, True]
+        returns.append(total)
+    assert returns[0] == returns[1] == (0.0 if order == "fact missed" else 1.0)
 
 
 def test_masked_action_is_a_flagged_no_op(data_dir) -> None:

@@ -63,8 +63,12 @@ class RetrievalEnv(gym.Env, ABC):
     - ``"shaped"`` (the authors' code): 0 on every step except the first one at which every supporting
       chunk is selected; that step pays ``0.5 + 0.5 * k / |selected|`` with ``penalize_extra_steps``
       (k = number of supporting chunks), else 1.
-    - ``"binary"`` (the paper's text): 1 on the episode's last step if every supporting chunk is
-      selected then, else 0.
+    - ``"binary"`` (the paper's text, "1 if every supporting fact is in the final state"): 1 on the
+      step at which every supporting chunk is first selected, else 0. A selection is never undone, so
+      the episode's return is the paper's whoever ends the episode: ``max_steps``, running out of
+      chunks, or Gymnasium's ``TimeLimit`` from ``gym.make(..., max_episode_steps=N)``, which the env
+      cannot see (paying on the env's own last step gave 0 under a shorter ``TimeLimit``). Only the
+      discounting of that 1 differs from a payment at the very end.
     - ``per_fact_reward`` (the authors' code has it, default 0) is added for each supporting chunk
       when it is selected: a shaping option for tasks whose full reward is rarely found by chance.
 
@@ -72,7 +76,7 @@ class RetrievalEnv(gym.Env, ABC):
     Terminated when every supporting chunk is selected, unless ``never_terminate`` (the authors'
     training setting, which always runs ``max_steps``). Truncated after ``max_steps`` steps or when no
     chunk is left. ``step()`` after that raises :class:`EpisodeEndedError` (it would count steps past
-    ``max_steps`` and pay the binary reward again).
+    ``max_steps``).
 
     ## Embedder-scored actions
     With ``embedder=`` (a model id/path, or a :class:`TextEmbedder`), :meth:`chunk_vectors` encodes the
@@ -203,11 +207,10 @@ class RetrievalEnv(gym.Env, ABC):
         self._completed = self._completed or newly_complete
         terminated = self._completed and not self.never_terminate
         truncated = not terminated and (self._steps >= self.max_steps or not self._mask.any())
-        if self.reward_variant == "shaped" and newly_complete:
+        if newly_complete:
             share = len(episode.supporting_ids) / len(self._selected)
-            reward += 0.5 + 0.5 * share if self.penalize_extra_steps else 1.0
-        elif self.reward_variant == "binary" and (terminated or truncated) and self._completed:
-            reward += 1.0
+            shaped = self.reward_variant == "shaped" and self.penalize_extra_steps
+            reward += 0.5 + 0.5 * share if shaped else 1.0
         self._ended = terminated or truncated
         return self._observation(), reward, terminated, truncated, self._info(invalid)
 
