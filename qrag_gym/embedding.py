@@ -64,6 +64,13 @@ def load_tokenizer(name: str | None = None) -> PreTrainedTokenizerBase:
         raise _load_failed(name, "tokenizer", err) from err
 
 
+def length_tokenizer() -> PreTrainedTokenizerBase:
+    """The one tokenizer every document length is measured with: the default model's (BERT's uncased
+    WordPiece), whatever embedder scores the chunks, so a "4K" document holds the same sentences for
+    every model and results at one length stay comparable across embedders."""
+    return load_tokenizer(None)
+
+
 PROGRESS_MIN_TEXTS = 5_000
 """Encoding at least this many new texts shows a progress bar with an ETA (about 30 s and up on 2 cores)."""
 TOKEN_MEMO_SIZE = 500_000

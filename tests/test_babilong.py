@@ -162,3 +162,28 @@ def test_per_fact_reward_pays_each_supporting_fact(data_dir) -> None:
     first, second = info["supporting_ids"]
     assert env.step(first)[1] == pytest.approx(0.1)
     assert env.step(second)[1] == pytest.approx(0.1 + 1.0)
+
+
+def test_document_length_does_not_depend_on_the_embedder(data_dir, tmp_path) -> None:
+    """A "1K" document holds the same sentences whatever model scores them: lengths come from the one
+    length tokenizer. The other model here splits on whitespace only, so it counts far fewer tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from qrag_gym.embedding import count_tokens, load_tokenizer
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]")
+    tokenizer.save_pretrained(tmp_path)
+    BertModel(BertConfig(vocab_size=5, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                         intermediate_size=8)).save_pretrained(tmp_path)
+    episodes = [gym.make("QRAG-Babilong-v0", task="qa2", context_tokens=1_000, split="validation",
+                         embedder=embedder).unwrapped for embedder in (None, str(tmp_path))]
+    for env in episodes:
+        env.reset(seed=5)
+    default_env, other_env = episodes
+    assert other_env.chunks == default_env.chunks and other_env.max_chunks == default_env.max_chunks
+    chunks = list(default_env.chunks)
+    assert count_tokens(load_tokenizer(str(tmp_path)), chunks).sum() < 0.8 * count_tokens(load_tokenizer(None), chunks).sum()

@@ -2,7 +2,8 @@
 
 The assembly follows BABILong: one sample per bAbI question, the story's facts up to that question
 keep their order and take uniformly random slots among contiguous runs of noise sentences; one chunk
-is one sentence. Lengths are set in tokens of the embedder's tokenizer (measured, not guessed) or in
+is one sentence. Lengths are set in tokens of one fixed tokenizer (measured, not guessed; see
+:func:`~qrag_gym.embedding.length_tokenizer`) or in
 sentences, as in the paper's table :data:`PAPER_SENTENCES`.
 """
 
@@ -21,7 +22,7 @@ from qrag_gym.data.babi import SPLIT_RULE, SPLITS, TASKS, BabiSample, check_task
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
-from qrag_gym.embedding import count_tokens, load_tokenizer
+from qrag_gym.embedding import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
 from qrag_gym.episode import Episode
 from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, MAX_NUM_SENTENCES, positive_int
@@ -52,7 +53,7 @@ class BabilongSource:
         return max(len(s.facts) for s in self.samples)
 
 
-def load_source(task: str, split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> BabilongSource:
+def load_source(task: str, split: str, source: str, data_dir: str | Path | None) -> BabilongSource:
     """Resolve real data (``babi/en-10k`` + ``noise/gutenberg``) or the offline generator.
 
     ``source="auto"`` takes real data when the data folder is found and falls back to generated
@@ -66,7 +67,7 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None,
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     check_task(task)
-    tokenizer = load_tokenizer(tokenizer_name)
+    tokenizer = length_tokenizer()
     babi_dir = find_data_subdir("babi/en-10k", data_dir) if source == "auto" else None
     if source == "real" or babi_dir is not None or (source == "auto" and data_dir is not None):
         babi_dir = require_data_subdir("babi/en-10k", data_dir)
@@ -109,16 +110,16 @@ def cached_release(task: str, length: str, data_dir: str | Path | None) -> Relea
     return _RELEASE_CACHE[key]
 
 
-def cached_source(task: str, split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> BabilongSource:
+def cached_source(task: str, split: str, source: str, data_dir: str | Path | None) -> BabilongSource:
     """:func:`load_source`, once per process per argument set (vector envs share one copy).
 
     The key holds every data folder as resolved now (stories and books), so a changed ``$QRAG_DATA_DIR``
     or another ``data_dir`` with other books is honoured.
     """
     folders = [] if source == "generated" else [find_data_subdir(sub, data_dir) for sub in ("babi/en-10k", "noise/gutenberg")]
-    key = (task, split, source, *(str(f.resolve()) if f else None for f in folders), tokenizer_name)
+    key = (task, split, source, *(str(f.resolve()) if f else None for f in folders))
     if key not in _SOURCE_CACHE:
-        _SOURCE_CACHE[key] = load_source(task, split, source, data_dir, tokenizer_name)
+        _SOURCE_CACHE[key] = load_source(task, split, source, data_dir)
     return _SOURCE_CACHE[key]
 
 
@@ -189,7 +190,8 @@ class BabilongEnv(QuestionSetEnv):
       unmatched samples skipped and counted (``env.unwrapped.release.summary()``). The haystack is
       fixed, so ``context_tokens``/``num_sentences`` do not apply, and ``split`` can only be "test".
     - ``max_chunks``: size of the action space; by default enough for the length asked.
-    - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
+    - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
+      :func:`~qrag_gym.embedding.length_tokenizer` whatever the embedder).
 
     ## Version history
     - v0: first release.
@@ -214,8 +216,7 @@ class BabilongEnv(QuestionSetEnv):
         per_fact_reward: float = 0.0,
         release_length: str | None = None,
     ) -> None:
-        tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
-        self._tokenizer = load_tokenizer(tokenizer_name)
+        self._tokenizer = length_tokenizer()
         self.release: ReleaseSet | None = None
         if source == RELEASE_SOURCE:
             self._init_release(task, context_tokens, num_sentences, split, data_dir, release_length, max_chunks)
@@ -238,7 +239,7 @@ class BabilongEnv(QuestionSetEnv):
             max_chunks = positive_int("max_chunks", max_chunks, MAX_CHUNKS)
         self.task, self.split = check_task(task), split
         self.context_tokens, self.num_sentences = context_tokens, num_sentences
-        self._source = cached_source(task, split, source, data_dir, tokenizer_name)
+        self._source = cached_source(task, split, source, data_dir)
         if not self._source.samples:
             raise ValueError(f"no {split} samples for {task}")
         self._fact_tokens: dict[str, int] = {}
@@ -276,7 +277,7 @@ class BabilongEnv(QuestionSetEnv):
         self.max_chunks = max_chunks if max_chunks is not None else longest
 
     def _release_episode(self, position: int) -> Episode:
-        """The release sample's episode; its tokens (embedder's tokenizer) are counted once and remembered, the
+        """The release sample's episode; its tokens (the length tokenizer) are counted once and remembered, the
         chunks are rebuilt per reset so that an env never holds every long haystack at once."""
         assert self.release is not None
         episode = self.release.episode(position)

@@ -10,7 +10,7 @@ import numpy as np
 
 from qrag_gym.data.hotpotqa import DEFAULT_FILE, DEFAULT_FILES, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
-from qrag_gym.embedding import count_tokens, load_tokenizer
+from qrag_gym.embedding import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
 from qrag_gym.episode import Episode
 
@@ -35,12 +35,12 @@ def _cached_questions(path: str) -> tuple[HotpotQuestion, ...]:
 
 
 @lru_cache(maxsize=8)
-def _cached_token_counts(path: str, tokenizer_name: str | None) -> dict[str, int]:
-    """Tokens of each question's paragraphs, counted in one batched pass per file and tokenizer
+def _cached_token_counts(path: str) -> dict[str, int]:
+    """Tokens of each question's paragraphs, counted in one batched pass per file
     (counting them at every reset cost more than the rest of a training step)."""
     questions = _cached_questions(path)
     paragraphs = [chunk for question in questions for chunk in question.chunks]
-    counts = count_tokens(load_tokenizer(tokenizer_name), paragraphs)
+    counts = count_tokens(length_tokenizer(), paragraphs)
     ends = np.cumsum([len(question.chunks) for question in questions])
     return {q.qid: int(counts[end - len(q.chunks):end].sum()) for q, end in zip(questions, ends)}
 
@@ -67,7 +67,8 @@ class HotpotQAEnv(QuestionSetEnv):
       ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``max_chunks``: size of the action space; by default the most paragraphs of any question in the
       file, so every split has the same spaces.
-    - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
+    - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
+      :func:`~qrag_gym.embedding.length_tokenizer` whatever the embedder).
 
     Episodes are drawn uniformly from the split; to walk a split in order, pass
     ``options={"question_index": i}`` to ``reset`` (``0 <= i < env.unwrapped.num_questions``).
@@ -102,8 +103,7 @@ class HotpotQAEnv(QuestionSetEnv):
         self.questions = split_questions(list(every), split)
         if not self.questions:
             raise ValueError(f"{self.path} has no {split} questions ({SPLIT_RULE})")
-        tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
-        self._token_counts = _cached_token_counts(str(self.path.resolve()), tokenizer_name)
+        self._token_counts = _cached_token_counts(str(self.path.resolve()))
         if max_chunks is None:
             max_chunks = max(len(q.paragraphs) for q in every)
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,

@@ -1,7 +1,7 @@
 """RULER needle-in-a-haystack as a retrieval MDP: find the needle sentences that answer the question.
 
 The generator is :mod:`qrag_gym.data.niah`; this module resolves the haystack text (book sentences for
-the essay variants), measures lengths with the embedder's tokenizer and sizes the action space.
+the essay variants), measures lengths with the one length tokenizer and sizes the action space.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from qrag_gym.data.niah import (REPEAT_SENTENCES, VARIANTS, NiahConfig, build_ep
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
-from qrag_gym.embedding import count_tokens, load_tokenizer
+from qrag_gym.embedding import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
 from qrag_gym.episode import Episode
 from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, positive_int
@@ -43,7 +43,7 @@ class EssaySource:
 _ESSAY_CACHE: dict[tuple[Any, ...], EssaySource] = {}
 
 
-def essay_source(split: str, source: str, data_dir: str | Path | None, tokenizer_name: str | None) -> EssaySource:
+def essay_source(split: str, source: str, data_dir: str | Path | None) -> EssaySource:
     """Book sentences for the essay haystack, token-counted once per process per argument set.
 
     ``source="auto"`` uses ``noise/gutenberg`` when a data folder has it, else labelled synthetic
@@ -51,7 +51,7 @@ def essay_source(split: str, source: str, data_dir: str | Path | None, tokenizer
     so does an explicit ``data_dir`` without them. The cache key holds the book folder as resolved now.
     """
     books = find_data_subdir("noise/gutenberg", data_dir) if source != "generated" else None
-    key = (split, source, str(books.resolve()) if books else None, tokenizer_name)
+    key = (split, source, str(books.resolve()) if books else None)
     if key not in _ESSAY_CACHE:
         if source == "real" or books is not None or (source == "auto" and data_dir is not None):
             corpus = load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), split)
@@ -60,7 +60,7 @@ def essay_source(split: str, source: str, data_dir: str | Path | None, tokenizer
             logger.warning("no noise/gutenberg folder found: NIAH essay haystack uses synthetic filler "
                            "(not benchmark data)")
             corpus, label = synthetic_corpus(), "niah-synthetic-noise"
-        tokenizer = load_tokenizer(tokenizer_name)
+        tokenizer = length_tokenizer()
         counts = cached_token_counts(corpus.sentences, tokenizer.name_or_path, lambda texts: count_tokens(tokenizer, texts))
         _ESSAY_CACHE[key] = EssaySource(corpus, counts, label)
     return _ESSAY_CACHE[key]
@@ -82,7 +82,7 @@ class NiahEnv(RetrievalEnv):
     ## Arguments
     - ``variant``: "single_1", "single_2", "single_3", "multikey_1", "multikey_2", "multikey_3",
       "multivalue" or "multiquery".
-    - ``context_tokens`` (default 4000): haystack + needles, measured with the embedder's tokenizer.
+    - ``context_tokens`` (default 4000): haystack + needles, measured with :func:`~qrag_gym.embedding.length_tokenizer`.
     - ``split``: "train" or "validation" books for the essay haystack (BABILong's book split).
     - ``haystack``, ``type_needle_k``, ``type_needle_v``, ``num_needle_k``, ``num_needle_v``,
       ``num_needle_q``: override the variant's RULER settings (``None`` keeps them).
@@ -92,7 +92,8 @@ class NiahEnv(RetrievalEnv):
       folder); ``source``: "auto", "real" (books required) or "generated" (synthetic filler). Both only
       matter for the essay haystack: the repeat and needle haystacks are generated text.
     - ``max_chunks``: size of the action space; by default enough for the length asked.
-    - ``embedder``: model id/path for :meth:`RetrievalEnv.score`; its tokenizer also counts tokens.
+    - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
+      :func:`~qrag_gym.embedding.length_tokenizer` whatever the embedder).
 
     ## Version history
     - v0: first release.
@@ -136,9 +137,8 @@ class NiahEnv(RetrievalEnv):
             raise ValueError(f"max_steps={max_steps} is below the {self.config.num_supporting} needles asked: "
                              "no episode could be completed")
         self.variant, self.split, self.context_tokens = variant, split, int(context_tokens)
-        tokenizer_name = embedder.name if isinstance(embedder, TextEmbedder) else embedder
-        self._tokenizer = load_tokenizer(tokenizer_name)
-        self._essay = essay_source(split, source, data_dir, tokenizer_name) if self.config.haystack == "essay" else None
+        self._tokenizer = length_tokenizer()
+        self._essay = essay_source(split, source, data_dir) if self.config.haystack == "essay" else None
         self._repeat_tokens = self._count(list(REPEAT_SENTENCES))
         if max_chunks is None:
             max_chunks = int(self.context_tokens / self._mean_sentence_tokens() * _CAPACITY_SLACK) + 64

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from qrag_gym.embedding import TextEmbedder, shared_embedder
+from qrag_gym.embedding import TextEmbedder, load_tokenizer, shared_embedder
 from qrag_gym.envs.text_space import QuestionText
 from qrag_gym.validation import MAX_CHUNKS, finite_float, flag, positive_int
 from qrag_gym.episode import Episode
@@ -112,6 +112,8 @@ class RetrievalEnv(gym.Env, ABC):
         self.invalid_action_penalty = finite_float("invalid_action_penalty", invalid_action_penalty)
         self.per_fact_reward = finite_float("per_fact_reward", per_fact_reward)
         self.render_mode = render_mode
+        if not isinstance(embedder, TextEmbedder) and embedder is not None:
+            load_tokenizer(embedder)  # a bad model name fails here, naming it, not at the first score()
         self._embedder_spec = embedder
         self.action_space = spaces.Discrete(self.max_chunks)
         self.observation_space = spaces.Dict(
