@@ -12,7 +12,7 @@ import torch
 
 from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.checkpoint import load_model, load_trainer, save_model
-from qrag_agents.qrag.config import cpu_config, task_settings
+from qrag_agents.qrag.config import ConfigError, cpu_config, preset_changes, preset_config, task_settings
 from qrag_agents.qrag.evaluate import main as evaluate_main
 from qrag_agents.qrag.inference import keep_until_threshold
 from qrag_agents.qrag.learner import lambda_returns, soft_value
@@ -20,7 +20,7 @@ from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
 from qrag_benchmarks.report import load_records
 from qrag_benchmarks.run import main as bench_main
-from qrag_agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_train_envs, make_validation_envs, run_config, train
+from qrag_agents.qrag.train import NIAH_TRAIN_VARIANTS, make_env, make_train_envs, make_validation_envs, train
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
@@ -150,14 +150,24 @@ def test_task_families_get_the_authors_env_settings(small_data_dir) -> None:
     assert task_settings("qa2") == {}
 
 
-def test_run_config_layers_preset_task_tuning_and_user_values() -> None:
-    assert [run_config(task, "cpu", {}).gamma for task in ("qa1", "qa4", "qa5")] == [0.5] * 3  # one-fact tuning
-    assert run_config("qa1", "cpu", {"gamma": 0.9}, updates=7).gamma == 0.9  # --set wins
-    assert run_config("qa1", "cpu", {}, updates=7).total_updates == 7
-    qa2 = run_config("qa2", "cpu", {})
+def test_preset_config_layers_preset_task_tuning_and_user_values() -> None:
+    assert [preset_config(f"cpu/{task}").gamma for task in ("qa1", "qa4", "qa5")] == [0.5] * 3  # one-fact tuning
+    assert preset_config("cpu/qa1", {"gamma": 0.9}, updates=7).gamma == 0.9  # --set wins
+    assert preset_config("cpu/qa1", {}, updates=7).total_updates == 7
+    qa2 = preset_config("cpu/qa2", {})
     assert (qa2.per_fact_reward, qa2.full_episode_share, qa2.gamma) == (0.1, 1.0, 0.99)
-    assert run_config("qa1", "paper", {}).gamma == 0.99  # the paper preset keeps the paper's values
-    assert run_config("niah:all", "cpu", {}).positions == "none"
+    assert preset_config("paper/qa1", {}).gamma == 0.99  # the paper preset keeps the paper's values
+    assert preset_config("cpu/niah:all", {}).positions == "none"
+
+
+def test_a_run_records_its_preset_and_what_was_changed_from_it() -> None:
+    config = preset_config("cpu/qa2", {"lr": 1e-4}, updates=7)
+    assert config.preset == "cpu/qa2" and preset_changes(config) == {"lr": 1e-4, "total_updates": 7}
+    assert preset_changes(preset_config("paper/hotpotqa")) == {}
+    assert preset_changes(cpu_config()) == {} and cpu_config().preset == ""  # hand-built: nothing to compare with
+    for name, named in (("gpu/qa2", "base one of"), ("cpu", "base one of"), ("cpu/qa9", "unknown task 'qa9'")):
+        with pytest.raises(ConfigError, match=named):
+            preset_config(name)
 
 
 def test_agent_falls_back_to_the_mixed_niah_model(network: QNetwork, tmp_path) -> None:

@@ -16,10 +16,9 @@ from safetensors.torch import save_file
 
 from qrag_agents.qrag.checkpoint import (TRAINER, WEIGHTS, CheckpointError, load_model, load_trainer, save_model,
                                     save_trainer)
-from qrag_agents.qrag.config import ConfigError, QRAGConfig, cpu_config
+from qrag_agents.qrag.config import ConfigError, QRAGConfig, cpu_config, preset_config
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.train import main as train_main
-from qrag_agents.qrag.train import run_config
 
 FAKE_EMBEDDER = SimpleNamespace(dim=8, name="fake")
 
@@ -81,8 +80,8 @@ def test_bad_config_values_are_refused_naming_the_key(overrides: dict, named: st
 def test_updates_zero_is_an_error_not_the_preset(capsys) -> None:
     """``qrag-train --updates 0`` trained the preset's 1,500 updates."""
     with pytest.raises(ConfigError, match="total_updates=0"):
-        run_config("qa1", "cpu", {}, updates=0)
-    assert run_config("qa1", "cpu", {}, updates=7).total_updates == 7
+        preset_config("cpu/qa1", {}, updates=0)
+    assert preset_config("cpu/qa1", {}, updates=7).total_updates == 7
     err = _usage_error(["--task", "qa1", "--out", "/nonexistent/never-created", "--updates", "0"], capsys)
     assert "--updates 0" in err and "total_updates" in err
     err = _usage_error(["--task", "qa1", "--out", "/nonexistent/never-created", "--set", "lr=abc"], capsys)

@@ -24,7 +24,8 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", default="qa1",
                         help="qa1..qa5, niah:<variant> or niah:all (RULER, trained at 4K tokens), or hotpotqa")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
-                        help="cpu: frozen MiniLM + adapters (default); paper: full fine-tuning of contriever (GPU)")
+                        help="cpu: frozen MiniLM + adapters (default); paper: full fine-tuning of contriever (GPU); "
+                             "the run starts from the named preset PRESET/TASK (e.g. cpu/qa2)")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--updates", type=int, help="total optimiser updates (overrides the preset)")
     parser.add_argument("--max-minutes", type=float, help="stop after this much wall time")

@@ -87,6 +87,8 @@ class QRAGConfig:
     checkpoint_every: int = 100
     seed: int = 42
     device: str = "cpu"
+    preset: str = ""
+    """The named preset this config was built from (``cpu/qa2``; :func:`preset_config`), "" if by hand."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -235,3 +237,38 @@ def cpu_config(**overrides: Any) -> QRAGConfig:
     )
     values.update(overrides)
     return QRAGConfig.from_dict(values)
+
+
+PRESET_BASES = ("cpu", "paper")
+"""``cpu``: :func:`cpu_config` with :data:`CPU_TASK_TUNING`; ``paper``: the paper's values (GPU)."""
+
+
+def preset_config(name: str, overrides: dict[str, Any] | None = None, updates: int | None = None) -> QRAGConfig:
+    """The complete config of preset ``name`` (``"cpu/qa2"``, ``"paper/niah:all"``), later layers winning:
+    the base (:data:`PRESET_BASES`), the task family's env settings (:func:`task_settings`), the CPU
+    base's per-task tuning, then ``overrides`` (``qrag-train --set``) and ``updates``. The name is kept
+    in the config, so a run's ``config.json`` says which preset it started from."""
+    base, slash, task = name.partition("/")
+    if base not in PRESET_BASES or not slash:
+        raise ConfigError(f"preset {name!r}: expected '<base>/<task>' with base one of {PRESET_BASES}, e.g. 'cpu/qa2'")
+    try:
+        family_of(task)
+    except ValueError as err:
+        raise ConfigError(f"preset {name!r}: {err}") from None
+    values: dict[str, Any] = {"task": task, **task_settings(task)}
+    if base == "cpu":
+        values.update(cpu_task_tuning(task))
+    values.update(overrides or {})
+    if updates is not None:
+        values["total_updates"] = updates
+    values["preset"] = name
+    return cpu_config(**values) if base == "cpu" else QRAGConfig.from_dict(values)
+
+
+def preset_changes(config: QRAGConfig) -> dict[str, Any]:
+    """The values of ``config`` that differ from its named preset (what ``--set``/``--updates`` changed);
+    empty for a config built by hand, which has no preset to differ from."""
+    if not config.preset:
+        return {}
+    reference = dataclasses.asdict(preset_config(config.preset))
+    return {key: value for key, value in dataclasses.asdict(config).items() if reference[key] != value}

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.checkpoint import TRAINER, load_trainer, save_model, save_trainer, verify_trainer
-from qrag_agents.qrag.config import (NIAH_ALL, NIAH_PREFIX, ConfigError, QRAGConfig, cpu_config, cpu_task_tuning,
-                                task_settings)
+from qrag_agents.qrag.config import NIAH_ALL, NIAH_PREFIX, ConfigError, QRAGConfig, preset_changes, preset_config
 from qrag_agents.qrag.learner import Learner
 from qrag_agents.qrag.networks import QNetwork
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
@@ -167,6 +166,9 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
         learner.scheduler.load_state_dict(state["scheduler"])
         learner.updates, learner.transitions, best = int(state["updates"]), int(state["transitions"]), float(state["best"])
     (out / "config.json").write_text(config.to_json())
+    changes = preset_changes(config)
+    tqdm.write(f"preset {config.preset or '(none: a hand-built config)'}"
+               + (f", changed: {json.dumps(changes)}" if changes else "") + f"; full config in {out / 'config.json'}")
     writer = SummaryWriter(str(out / "tensorboard"))
     start, first_transitions, returns, successes, metrics = time.time(), learner.transitions, [], [], {}
     progress = tqdm(total=config.total_updates, initial=learner.updates, desc=f"q-rag {config.task}", disable=not show_progress)
@@ -199,18 +201,6 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     return metrics
 
 
-def run_config(task: str, preset: str, overrides: dict[str, Any], updates: int | None = None) -> QRAGConfig:
-    """The config of one run, later layers winning: the preset, the task family's env settings, the CPU
-    preset's per-task tuning, then the user's ``--set`` values and ``--updates``."""
-    values = {"task": task, **task_settings(task)}
-    if preset == "cpu":
-        values.update(cpu_task_tuning(task))
-    values.update(overrides)
-    if updates is not None:
-        values["total_updates"] = updates
-    return cpu_config(**values) if preset == "cpu" else QRAGConfig.from_dict(values)
-
-
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> str | None:
     """Why ``out`` must not be trained into as asked, or None when it may.
 
@@ -237,7 +227,7 @@ def run_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if problem:
         parser.error(problem)
     try:
-        config = run_config(args.task, args.preset, parse_overrides(args.set), args.updates)
+        config = preset_config(f"{args.preset}/{args.task}", parse_overrides(args.set), args.updates)
         if args.resume:
             verify_trainer(args.out)  # a damaged state fails now, not after the envs are built
     except (ConfigError, ValueError) as err:
