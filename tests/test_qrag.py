@@ -287,3 +287,20 @@ def test_shipped_models_load_and_beat_dense_multistep_on_test_stories(small_data
     assert scores["qrag"] >= 0.6 and scores["qrag"] >= scores["dense-multistep"] + 0.4, scores
     with pytest.raises(FileNotFoundError, match="shipped: "):
         QRAGAgent.from_pretrained("qa9")
+
+
+def test_export_records_provenance_in_the_manifest_and_old_configs_still_load(network: QNetwork, tmp_path) -> None:
+    """The export's provenance lives in ``manifest.json``, not in the model's config; a ``config.json``
+    written by an earlier version (with its retired ``extra`` field) still loads."""
+    from qrag_agents.qrag.pretrained import MANIFEST, export
+
+    save_model(network, tmp_path / "run" / "best")
+    shipped = tmp_path / "shipped"
+    export(tmp_path / "run" / "best", "qa2", root=shipped)
+    assert json.loads((shipped / MANIFEST).read_text()) == {"qa2": {"exported_from": str(tmp_path / "run" / "best")}}
+    assert "extra" not in json.loads((shipped / "qa2" / "config.json").read_text())
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export(tmp_path / "run" / "best", "qa2", root=shipped)
+    old = json.loads((shipped / "qa2" / "config.json").read_text()) | {"extra": {"exported_from": "somewhere"}}
+    (shipped / "qa2" / "config.json").write_text(json.dumps(old))
+    assert load_model(shipped / "qa2").config.task == network.config.task

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,11 @@ _AT_LEAST_1 = ("adapter_hidden", "chunk_max_tokens", "state_piece_max_tokens", "
 _AT_LEAST_0 = ("warmup_updates", "random_transitions", "per_fact_reward", "weight_decay", "alpha")
 _POSITIVE = ("lr", "adam_eps", "max_grad_norm", "position_step", "position_span", "embed_scale")
 _UNIT = ("gamma", "lam", "tau", "full_episode_share", "final_lr_ratio")
+
+
+RETIRED_KEYS = frozenset({"extra"})
+"""Keys of older ``config.json`` files that no longer mean anything; dropped on load, so trained runs of
+earlier versions still load (``extra`` held only the export's provenance, now in the shipped manifest)."""
 
 
 class ConfigError(ValueError):
@@ -89,7 +94,6 @@ class QRAGConfig:
     device: str = "cpu"
     preset: str = ""
     """The named preset this config was built from (``cpu/qa2``; :func:`preset_config`), "" if by hand."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check every value when a config is built or loaded, so a typo fails here and not an hour in
@@ -128,6 +132,7 @@ class QRAGConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "QRAGConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in values.items() if key not in RETIRED_KEYS}
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown Q-RAG config keys: {sorted(unknown)}")
@@ -167,8 +172,8 @@ def _checked(name: str, value: Any, kind: Any) -> Any:
         ok = isinstance(value, tuple) and len(value) == len(typing.get_args(kind))
         if ok:
             value = tuple(_checked(f"{name}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, typing.get_args(kind))))
-    else:  # dict[str, Any]
-        ok = isinstance(value, dict)
+    else:
+        raise TypeError(f"config field {name!r} has a type the checker does not know: {kind}")
     if not ok:
         expected = getattr(kind, "__name__", str(kind))
         raise ConfigError(f"{name}={value!r}: expected {'a finite ' if kind is float else ''}{expected}")

@@ -4,19 +4,22 @@
     agent = QRAGAgent.from_pretrained("qa2")            # or make_agent("qrag"): every task's shipped model
     python -m qrag_agents.qrag.pretrained export runs/qa2/best qa2      # refresh one after the learner changes
 
-Each model is the ``best`` checkpoint of ``qrag-train`` with the CPU preset (the command is in its
-``config.json`` under ``extra.exported_from``), stored in float16 (about 3 MB; loading casts back to
-float32). A user's own run folder works the same way (``QRAGAgent(model="runs/qa2/best")``).
+Each model is the ``best`` checkpoint of ``qrag-train`` with the CPU preset (its ``config.json`` names
+the preset; ``shipped/manifest.json`` records the run folder each was exported from), stored in float16
+(about 3 MB; loading casts back to float32). A user's own run folder works the same way (``QRAGAgent(model="runs/qa2/best")``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 PRETRAINED_DIR = Path(__file__).parent / "shipped"
 """The model folders (a data folder, not a package: the module beside it is pretrained.py)."""
+MANIFEST = "manifest.json"
+"""In :data:`PRETRAINED_DIR`: for each shipped model, the run folder it was exported from."""
 
 
 def available() -> list[str]:
@@ -39,13 +42,17 @@ def export(model: Path, name: str, overwrite: bool = False, root: Path = PRETRAI
     import torch
 
     from qrag_agents.qrag.checkpoint import load_model, save_model
+    from qrag_gym.atomic import atomic_write_bytes
 
     target = root / name
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists: pass --overwrite to replace the shipped model")
     network = load_model(model)
-    network.config.extra = {**network.config.extra, "exported_from": str(model)}
     save_model(network, target, dtype=torch.float16)
+    manifest_path = root / MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest[name] = {"exported_from": str(model)}
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return target
 
 
