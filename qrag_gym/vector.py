@@ -127,6 +127,7 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         self._episode_obs: dict[str, list[Any]] = {
             key: [None] * n for key in self.single_observation_space.keys() if key not in STEP_OBSERVATION_KEYS}
         self._episode_info: dict[str, Any] = {}  # per-episode info entries, batched, one column per slot
+        self._episode_info_of: list[dict[str, Any]] = [{}] * n  # the same, as each slot's reset returned them
 
     # ----- batched state -------------------------------------------------------------------------
     @property
@@ -212,6 +213,7 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
             values[slot] = obs[key]
         constant = {key: value for key, value in info.items() if key not in STEP_INFO_KEYS}
         self._episode_info = self._add_info(self._episode_info, constant, slot)
+        self._episode_info_of[slot] = constant
         return info
 
     # ----- step ----------------------------------------------------------------------------------
@@ -303,15 +305,18 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         n = self.num_envs
         hits, order = np.empty(n, dtype=object), np.empty(n, dtype=object)
         for slot in range(n):
-            picked = self._selected[slot, : self._num_selected[slot]]
-            order[slot] = picked.tolist()
-            hits[slot] = sorted(picked[self._supporting[slot, picked]].tolist())
+            order[slot], hits[slot] = self._picks(slot)
         step = {"hits": hits, "selected_order": order, "steps": self._steps.copy(), "completed": self._completed.copy(),
                 "invalid_action": self._invalid.copy(), "action_mask": self._mask.astype(bool)}
         infos = {key: value.copy() for key, value in self._episode_info.items()}
         for key, value in step.items():
             infos[key], infos[f"_{key}"] = value, np.ones(n, dtype=bool)
         return infos
+
+    def _picks(self, slot: int) -> tuple[list[int], list[int]]:
+        """The slot's selected ids in selection order and its supporting ids among them, sorted."""
+        picked = self._selected[slot, : self._num_selected[slot]]
+        return picked.tolist(), sorted(picked[self._supporting[slot, picked]].tolist())
 
     def _slot_observation(self, slot: int) -> dict[str, Any]:
         """Slot ``slot``'s observation as the single env returns it (for ``final_obs``)."""
@@ -322,8 +327,10 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
 
     def _slot_info(self, slot: int) -> dict[str, Any]:
         """Slot ``slot``'s info as the single env returns it (for ``final_info``)."""
-        infos = self._step_infos()
-        return {key: value[slot] for key, value in infos.items() if not key.startswith("_") and infos[f"_{key}"][slot]}
+        order, hits = self._picks(slot)
+        return {**self._episode_info_of[slot], "hits": hits, "selected_order": order, "steps": int(self._steps[slot]),
+                "completed": bool(self._completed[slot]), "invalid_action": bool(self._invalid[slot]),
+                "action_mask": self._mask[slot].astype(bool)}
 
     def close_extras(self, **kwargs: Any) -> None:
         for env in self._sources:
