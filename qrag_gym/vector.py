@@ -17,6 +17,7 @@ part of ``info``) is written again, on arrays; the equivalence test holds the tw
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Any
 
 import gymnasium as gym
@@ -74,7 +75,7 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         self,
         entry_point: str | Callable[..., RetrievalEnv],
         num_envs: int = 1,
-        autoreset_mode: Any = "NextStep",
+        autoreset_mode: str | Enum = "NextStep",
         **env_kwargs: Any,
     ) -> None:
         if AutoresetMode is None:
@@ -219,8 +220,8 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
     # ----- step ----------------------------------------------------------------------------------
     def step(self, actions: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every slot with its action (chunk id); rewards, ends and info computed for all N at once."""
-        for slot in range(self.num_envs):
-            self._require_episode(slot)
+        if any(episode is None for episode in self._episodes):
+            raise RuntimeError("call reset() before step()")
         resetting = self._ended if self.autoreset_mode == AutoresetMode.NEXT_STEP else np.zeros(self.num_envs, bool)
         if self.autoreset_mode == AutoresetMode.DISABLED and self._ended.any():
             raise EpisodeEndedError(f"step() on slots {np.flatnonzero(self._ended).tolist()} whose episodes ended, "
