@@ -78,6 +78,7 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         autoreset_mode: str | Enum = "NextStep",
         **env_kwargs: Any,
     ) -> None:
+        self._sources: tuple[RetrievalEnv, ...] = ()  # Gymnasium's __del__ closes even a half-built env
         if AutoresetMode is None:
             raise ImportError(f"RetrievalVectorEnv needs gymnasium>=1.1 (gymnasium.vector.AutoresetMode); "
                               f"this is gymnasium {gym.__version__}: use vectorization_mode='sync' instead")
@@ -95,7 +96,7 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
             modes = [mode.value for mode in AutoresetMode]
             raise ValueError(f"autoreset_mode={autoreset_mode!r}: choose one of {modes}") from err
         factory = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
-        self._sources: tuple[RetrievalEnv, ...] = tuple(factory(**env_kwargs) for _ in range(int(num_envs)))
+        self._sources = tuple(factory(**env_kwargs) for _ in range(int(num_envs)))
         first = self._sources[0]
         if not isinstance(first, RetrievalEnv):
             raise TypeError(f"entry_point must build a RetrievalEnv, got {type(first).__name__}")
