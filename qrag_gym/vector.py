@@ -39,13 +39,6 @@ STEP_INFO_KEYS = ("hits", "selected_order", "steps", "completed", "invalid_actio
 """``info`` entries that change within an episode; every other entry (question, answer, supporting ids,
 source, split, ...) is the slot's reset info, constant for the episode."""
 
-SINGLE_ENV_ENTRY_POINTS = {
-    "QRAG-Babilong-v0": "qrag_gym.envs.babilong:BabilongEnv",
-    "QRAG-NIAH-v0": "qrag_gym.envs.niah:NiahEnv",
-    "QRAG-HotpotQA-v0": "qrag_gym.envs.hotpotqa:HotpotQAEnv",
-}
-"""The single env each registered id vectorises (``qrag_gym/__init__.py`` registers the same entry points)."""
-
 
 class RetrievalVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` episodes of one retrieval env, stepped together on arrays of chunk ids.
@@ -340,10 +333,9 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
 
 
 def make_vector_env(env_id: str, num_envs: int = 1, **kwargs: Any) -> RetrievalVectorEnv:
-    """:class:`RetrievalVectorEnv` of a registered id (what its ``vector_entry_point`` builds)."""
-    if env_id not in SINGLE_ENV_ENTRY_POINTS:
-        raise ValueError(f"unknown env id {env_id!r}; choose one of {tuple(SINGLE_ENV_ENTRY_POINTS)}")
-    return RetrievalVectorEnv(SINGLE_ENV_ENTRY_POINTS[env_id], num_envs, **kwargs)
+    """:class:`RetrievalVectorEnv` over the single env a registered id's ``entry_point`` names (what its
+    ``vector_entry_point`` builds), so the two can never name different envs."""
+    return RetrievalVectorEnv(gym.spec(env_id).entry_point, num_envs, **kwargs)
 
 
 def babilong_vector_env(num_envs: int = 1, **kwargs: Any) -> RetrievalVectorEnv:
