@@ -78,8 +78,8 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if "max_episode_steps" in env_kwargs:
-            raise ValueError("max_episode_steps: Gymnasium's TimeLimit does not apply to a vector entry point (nor "
-                             "does the binary reward see it); set the env's own budget with max_steps=")
+            raise ValueError("max_episode_steps: Gymnasium's TimeLimit does not apply to a vector entry point; set "
+                             "the env's own budget with max_steps=")
         if env_kwargs.get("render_mode") is not None:
             raise ValueError(f"render_mode={env_kwargs['render_mode']!r}: the vector env does not render; "
                              "render a single env (gym.make) instead")
@@ -269,14 +269,11 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         self._completed |= newly_complete
         terminated = live & self._completed & (not self._never_terminate)
         truncated = live & ~terminated & ((self._steps >= self.max_steps) | ~self._mask.any(axis=1))
-        if self._reward_variant == "shaped":
-            if self._penalize_extra_steps:
-                share = self._share_numerator / np.maximum(self._num_selected, 1)
-                rewards += np.where(newly_complete, 0.5 + 0.5 * share, 0.0)
-            else:
-                rewards += np.where(newly_complete, 1.0, 0.0)
-        else:  # binary: paid on the episode's last step if every supporting chunk is selected then
-            rewards += np.where((terminated | truncated) & self._completed, 1.0, 0.0)
+        if self._reward_variant == "shaped" and self._penalize_extra_steps:
+            share = self._share_numerator / np.maximum(self._num_selected, 1)
+            rewards += np.where(newly_complete, 0.5 + 0.5 * share, 0.0)
+        else:  # binary, or shaped without the penalty: 1 on the step the last supporting chunk comes in
+            rewards += np.where(newly_complete, 1.0, 0.0)
         self._ended = np.where(live, terminated | truncated, self._ended)
         return rewards, terminated, truncated
 
