@@ -86,7 +86,7 @@ def test_agent_settings_after_a_question_mark() -> None:
 def test_agent_module_in_the_working_folder_resolves_without_python_m(tmp_path, monkeypatch) -> None:
     """Console scripts do not put the working folder on sys.path; the README's my_agents:Class must still load."""
     (tmp_path / "my_agents_for_test.py").write_text(
-        "from qrag_agents import BaseAgent\n\nclass Last(BaseAgent):\n    def act(self, obs, info, env):\n"
+        "from qrag_agents import BaseAgent\n\nclass Last(BaseAgent):\n    def act(self, obs, info, document):\n"
         "        return int(info['action_mask'].nonzero()[0][-1])\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
