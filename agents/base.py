@@ -16,10 +16,10 @@ Everything else is optional and looked up with ``getattr``, so a user's class ne
 - ``learn(env, total_timesteps)``: train on a *training-split* env before evaluation (training reads
   rewards, so it gets the env);
 - ``save(path)`` / ``load(path)``;
-- ``kept(info) -> Sequence[int]``: the chunks handed to a reader (``info`` as ``act`` gets it) (e.g. after a Q-threshold stop);
-  precision/recall/F1 and the reader's answer use it. By default, every selection: evaluation
-  episodes always run all T steps (:mod:`qrag_gym.evaluation`), so an agent that wants to stop early
-  says so here, from its own signals, never from the gold labels;
+- ``kept(info) -> Sequence[int]``: the chunks handed to a reader (e.g. after a Q-threshold stop), from
+  the last ``info`` as ``act`` gets it; precision/recall/F1 and the reader's answer use it. By default,
+  every selection: evaluation episodes always run all T steps (:mod:`qrag_gym.evaluation`), so an agent
+  that wants to stop early says so here, from its own signals, never from the gold labels;
 - ``seed_episode(seed)``: called by the evaluation runner before every episode with that episode's
   reset seed; an agent that draws random numbers (tie-breaks) reseeds here, so its records in a
   benchmark cell never depend on which cells ran before.
