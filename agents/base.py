@@ -1,15 +1,25 @@
 """The one interface every agent follows, and the registry that turns a name into an agent.
 
-An agent is any object with ``reset(obs, info, env)`` (called once per episode, after ``env.reset``)
-and ``act(obs, info, env) -> int`` (a chunk index of the underlying ``Discrete(max_chunks)`` space).
+An agent is any object with ``reset(obs, info, document)`` (called once per episode, after ``env.reset``)
+and ``act(obs, info, document) -> int`` (a chunk index of the underlying ``Discrete(max_chunks)`` space).
+It sees only what a policy may use (issue 15, "observation-only agents"):
+
+- ``obs``: the question, the selected chunk ids (document order) and the action mask;
+- ``info``: the env's info *without the gold labels* (:data:`qrag_gym.evaluation.LABEL_INFO_KEYS`:
+  answer, supporting ids and what is derived from them); only an agent whose class sets
+  ``privileged = True`` (the oracle, an upper bound by construction) gets them;
+- ``document``: a read-only :class:`qrag_gym.document.Document` of the episode (question, chunk texts
+  by id, the env's embedder vectors and scores), never the env itself.
+
 Everything else is optional and looked up with ``getattr``, so a user's class needs no base class:
 
-- ``learn(env, total_timesteps)``: train on a *training-split* env before evaluation;
+- ``learn(env, total_timesteps)``: train on a *training-split* env before evaluation (training reads
+  rewards, so it gets the env);
 - ``save(path)`` / ``load(path)``;
-- ``kept(info) -> Sequence[int]``: the chunks handed to a reader (e.g. after a Q-threshold stop);
-  precision/recall/F1 and the reader's answer use it. By default, every selection: evaluation
-  episodes always run all T steps (:mod:`qrag_gym.evaluation`), so an agent that wants to stop early
-  says so here, from its own signals, never from the gold labels;
+- ``kept(info) -> Sequence[int]``: the chunks handed to a reader (e.g. after a Q-threshold stop), from
+  the last ``info`` as ``act`` gets it; precision/recall/F1 and the reader's answer use it. By default,
+  every selection: evaluation episodes always run all T steps (:mod:`qrag_gym.evaluation`), so an agent
+  that wants to stop early says so here, from its own signals, never from the gold labels;
 - ``seed_episode(seed)``: called by the evaluation runner before every episode with that episode's
   reset seed; an agent that draws random numbers (tie-breaks) reseeds here, so its records in a
   benchmark cell never depend on which cells ran before.
@@ -30,28 +40,31 @@ from abc import ABC, abstractmethod
 import inspect
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import gymnasium as gym
+from qrag_gym.document import Document
 
 
 @runtime_checkable
 class Agent(Protocol):
     """What the benchmark harness calls; see the module docstring for the optional methods."""
 
-    def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
+    def reset(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> None:
         """Start a new episode (build per-episode indexes here, never in ``act``)."""
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         """The next chunk to select: an index with ``info["action_mask"][index]`` true."""
 
 
 class BaseAgent(ABC):
     """Convenience base: a no-op ``reset`` and ``kept`` = every selection. Subclassing is optional."""
 
-    def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
+    privileged: bool = False
+    """True only for an agent that must see the gold labels (the oracle); the runner then passes them."""
+
+    def reset(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> None:
         """Nothing to prepare by default."""
 
     @abstractmethod
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         """The next chunk to select (every agent decides this itself)."""
 
     def kept(self, info: dict[str, Any]) -> Sequence[int]:
@@ -120,7 +133,7 @@ def resolve_agent_class(spec: str) -> type:
         raise ValueError(f"agent {name!r}: module {module_name!r} has no class {class_name!r}")
     missing = [method for method in ("reset", "act") if not callable(getattr(cls, method, None))]
     if missing:
-        raise ValueError(f"agent {name!r}: class {class_name} lacks {' and '.join(missing)}(obs, info, env)")
+        raise ValueError(f"agent {name!r}: class {class_name} lacks {' and '.join(missing)}(obs, info, document)")
     return cls
 
 

@@ -5,6 +5,11 @@ What a number means, for every agent alike:
 - **Episodes run to the step budget T.** Evaluation envs are made with ``never_terminate=True``
   (:func:`make_eval_env`); :func:`run_episode` refuses any other env. An env that ends an episode
   because the gold facts are in would hand every agent an oracle stop.
+- **Agents see what a policy may use.** ``agent.reset``/``act``/``kept`` get the observation, the info
+  without the gold labels (:data:`LABEL_INFO_KEYS`; :func:`agent_info`) and a read-only
+  :class:`~qrag_gym.document.Document` of the episode, never the env. An agent whose class declares
+  ``privileged = True`` (the oracle, an upper bound by construction) gets the labels explicitly; the
+  metrics always read them from the env's own info.
 - **The agent decides what it keeps.** ``agent.kept(info)`` (optional; by default every one of the T
   picks) is the set handed to the reader: Q-RAG keeps the picks before its Q-threshold stop, the
   baselines keep all T picks. success@k reads the first k picks, success@T all picks, and
@@ -30,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import gymnasium as gym
 import numpy as np
 
+from qrag_gym.document import Document
 from qrag_gym.metrics import retrieval_metrics, ruler_string_match, wilson_interval
 from qrag_gym.readers import answer_babi, answer_matches
 from qrag_gym.tasks import ENV_IDS, NATURAL_LENGTH, default_eval_split, env_kwargs, has_lengths, task_family
@@ -38,6 +44,9 @@ EPISODE_SEED_STRIDE = 1_000_003
 QUESTION_ORDER_SEED = 0
 """Seed 0's permutation of a split's questions comes from ``default_rng(QUESTION_ORDER_SEED)``, seed
 ``s``'s from ``default_rng(QUESTION_ORDER_SEED + s)``."""
+LABEL_INFO_KEYS = frozenset({"answer", "answers", "supporting_ids", "hits", "completed"})
+"""The env's ``info`` keys that give the gold labels away: the answer(s), the supporting chunk ids, and
+what is computed from them (``hits``: the supporting chunks selected; ``completed``: all of them are)."""
 RATE_METRICS = ("success_at_k", "success_at_t", "answer_correct")
 MEAN_METRICS = (*RATE_METRICS, "precision", "recall", "f1", "num_kept", "steps", "seconds")
 
@@ -73,10 +82,22 @@ def score_answer(family: str, info: dict[str, Any], facts: list[str]) -> float |
     return None
 
 
+def is_privileged(agent: Any) -> bool:
+    """Whether ``agent`` declared that it reads the gold labels (a class attribute ``privileged = True``)."""
+    return getattr(agent, "privileged", False) is True
+
+
+def agent_info(agent: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The ``info`` an agent is given: the env's, less :data:`LABEL_INFO_KEYS` unless the agent is privileged."""
+    if is_privileged(agent):
+        return dict(info)
+    return {key: value for key, value in info.items() if key not in LABEL_INFO_KEYS}
+
+
 def kept_chunks(agent: Any, info: dict[str, Any]) -> list[int]:
-    """``agent.kept(info)`` when the agent defines it, else every selection."""
+    """``agent.kept`` (given :func:`agent_info` of ``info``) when the agent defines it, else every selection."""
     kept = getattr(agent, "kept", None)
-    chosen = list(kept(info)) if callable(kept) else list(info["selected_order"])
+    chosen = list(kept(agent_info(agent, info))) if callable(kept) else list(info["selected_order"])
     if not set(chosen) <= set(info["selected_order"]):
         raise EvaluationError(f"{type(agent).__name__}.kept() returned chunks it never selected: "
                               f"{sorted(set(chosen) - set(info['selected_order']))}")
@@ -105,7 +126,8 @@ def run_episode(agent: Any, env: gym.Env, reset_seed: int, task: str | None = No
 
     The clock starts after ``env.reset`` (document assembly is the benchmark's cost, not the agent's)
     and includes ``agent.reset``, where agents build per-episode indexes and chunks get encoded.
-    ``task`` picks the reader (default: the env's ``info["task"]``).
+    ``task`` picks the reader (default: the env's ``info["task"]``). The agent gets ``obs``,
+    :func:`agent_info` and a :class:`~qrag_gym.document.Document`; the metrics read the full ``info``.
     """
     base = env.unwrapped
     if not getattr(base, "never_terminate", False):
@@ -117,11 +139,12 @@ def run_episode(agent: Any, env: gym.Env, reset_seed: int, task: str | None = No
     seed_episode = getattr(agent, "seed_episode", None)
     if callable(seed_episode):
         seed_episode(reset_seed)
+    document = Document(base)
     start = time.perf_counter()
-    agent.reset(obs, info, env)
+    agent.reset(obs, agent_info(agent, info), document)
     terminated = truncated = False
     while not (terminated or truncated):
-        obs, _, terminated, truncated, info = env.step(agent.act(obs, info, env))
+        obs, _, terminated, truncated, info = env.step(agent.act(obs, agent_info(agent, info), document))
     seconds = time.perf_counter() - start
     if terminated:
         raise EvaluationError(f"{type(base).__name__} terminated an evaluation episode before T")
@@ -219,5 +242,5 @@ def group_summaries(records: Sequence[dict[str, Any]], keys: Sequence[str] = ("a
     return [{**dict(zip(keys, key)), **summarize(rows)} for key, rows in groups.items()]
 
 
-__all__ = ["Cell", "EPISODE_SEED_STRIDE", "EvaluationError", "group_summaries", "kept_chunks", "make_eval_env",
-           "plan_cells", "resolve_split", "run_cell", "run_episode", "run_episodes", "summarize"]
+__all__ = ["Cell", "EPISODE_SEED_STRIDE", "EvaluationError", "LABEL_INFO_KEYS", "agent_info", "group_summaries",
+           "is_privileged", "kept_chunks", "make_eval_env", "plan_cells", "resolve_split", "run_cell", "run_episode", "run_episodes", "summarize"]

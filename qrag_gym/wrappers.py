@@ -18,13 +18,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from qrag_gym.document import Document
 from qrag_gym.envs.retrieval import RetrievalEnv
 
 
-def state_text(env: RetrievalEnv) -> str:
+def state_text(document: Document) -> str:
     """The multi-step retrieval query: the question, then the selected chunks in document order."""
-    chunks = env.chunks
-    return " ".join([env.question, *(chunks[i] for i in sorted(env.selected))])
+    texts = document.texts
+    return " ".join([document.question, *(texts[i] for i in sorted(document.selected))])
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,13 @@ class Shortlist:
 
 
 class ShortlistFeatures:
-    """Turns a :class:`RetrievalEnv` state into a :class:`Shortlist` of ``k`` candidates.
+    """Turns an episode's state (its :class:`~qrag_gym.document.Document`) into a :class:`Shortlist` of ``k`` candidates.
 
     Observation layout (all values in [-1, 1]), with ``d`` the embedder size:
     ``[state vector (d) | k candidate vectors (k*d) | k scores | k positions | k valid flags | step fraction]``.
     The state vector embeds :func:`state_text`; a candidate's score is its cosine with the state, its
-    position its document position in [0, 1]. Chunk vectors come from ``env.chunk_vectors()`` (encoded
-    once per episode); only the state text is encoded per step.
+    position its document position in [0, 1]. Chunk vectors come from ``document.vectors()`` (encoded
+    once per episode by the env); only the state text is encoded per step.
     """
 
     def __init__(self, k: int, dim: int) -> None:
@@ -56,21 +57,21 @@ class ShortlistFeatures:
         self.size = self.dim * (self.k + 1) + 3 * self.k + 1
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(self.size,), dtype=np.float32)
 
-    def __call__(self, env: RetrievalEnv) -> Shortlist:
-        state = env.embedder.encode([state_text(env)], persist=False)[0]
-        scores = env.score(state)
+    def __call__(self, document: Document) -> Shortlist:
+        state = document.encode(state_text(document))
+        scores = document.score(state)
         available = int(np.isfinite(scores).sum())
         n = min(self.k, available)
         top = np.argsort(-scores, kind="stable")[:n]  # exact ties (repeated facts): earliest first, like argmax
         vectors = np.zeros((self.k, self.dim), dtype=np.float32)
-        vectors[:n] = env.chunk_vectors()[top]
+        vectors[:n] = document.vectors(top)
         slot_scores = np.zeros(self.k, dtype=np.float32)
         slot_scores[:n] = scores[top]
         positions = np.zeros(self.k, dtype=np.float32)
-        positions[:n] = top / max(env.num_chunks - 1, 1)
+        positions[:n] = top / max(document.num_chunks - 1, 1)
         mask = np.zeros(self.k, dtype=bool)
         mask[:n] = True
-        step_fraction = len(env.selected) / env.max_steps
+        step_fraction = len(document.selected) / document.max_steps
         observation = np.concatenate(
             [state, vectors.ravel(), slot_scores, positions, mask.astype(np.float32), [step_fraction]]
         ).astype(np.float32)
@@ -116,7 +117,7 @@ class ShortlistView(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return observation, reward, terminated, truncated, info
 
     def _view(self, info: dict[str, Any], remapped: bool) -> tuple[np.ndarray, dict[str, Any]]:
-        self._shortlist = self.features(self.env.unwrapped)
+        self._shortlist = self.features(Document(self.env.unwrapped))
         info = {**info, "remapped_action": remapped, "candidates": self._shortlist.candidates.copy()}
         return self._shortlist.observation, info
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import qrag_gym  # noqa: F401  (registers the env ids)
+from qrag_gym.document import Document
 
 torch.set_num_threads(2)
 
@@ -66,9 +67,10 @@ def play_checking_valid_actions(agent, env: gym.Env, seeds: range) -> None:
     """Play one episode per seed and fail at the first action the env flags as invalid."""
     for seed in seeds:
         obs, info = env.reset(seed=seed)
-        agent.reset(obs, info, env)
+        document = Document(env.unwrapped)
+        agent.reset(obs, info, document)
         done = False
         while not done:
-            obs, _, terminated, truncated, info = env.step(agent.act(obs, info, env))
+            obs, _, terminated, truncated, info = env.step(agent.act(obs, info, document))
             assert not info["invalid_action"], f"{type(agent).__name__} chose a masked action"
             done = terminated or truncated

@@ -27,6 +27,17 @@ def test_supporting_ids_point_at_the_supporting_facts(task: str, data_dir) -> No
         assert info["source"] == "babi-real+gutenberg"
 
 
+def test_drawable_sentences_hold_every_chunk_an_episode_can_have(make_env) -> None:
+    """What qrag-train encodes up front (instead of reading the env's private source): every chunk of every episode."""
+    base = make_env("qa2").unwrapped
+    sentences = base.drawable_sentences()
+    pool = set(sentences)
+    assert len(pool) > 1_000
+    for seed in range(5):
+        base.reset(seed=seed)
+        assert set(base.chunks) <= pool
+
+
 def test_context_tokens_are_measured(data_dir) -> None:
     env = gym.make("QRAG-Babilong-v0", task="qa1", context_tokens=4_000)
     for seed in range(5):

@@ -71,6 +71,8 @@ def test_release_env_recovers_the_gold_facts(release: tuple[Path, list[BabiSampl
     check_env(env.unwrapped, skip_render_check=True)
     base = env.unwrapped
     assert base.num_questions == len(picks) and not base.release.unmatched
+    with pytest.raises(ValueError, match="no fixed pool of sentences"):
+        base.drawable_sentences()
     for index, gold in enumerate(picks):
         _, info = env.reset(seed=index, options={"question_index": index})
         chunks = base.chunks

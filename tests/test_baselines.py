@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 class FirstAvailableAgent(BaseAgent):
     """A user's agent, named by ``module:Class`` in the tests: always the first available chunk."""
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document) -> int:
         return int(np.flatnonzero(obs["action_mask"])[0])
 
 
@@ -86,8 +88,25 @@ def test_agent_settings_after_a_question_mark() -> None:
 def test_agent_module_in_the_working_folder_resolves_without_python_m(tmp_path, monkeypatch) -> None:
     """Console scripts do not put the working folder on sys.path; the README's my_agents:Class must still load."""
     (tmp_path / "my_agents_for_test.py").write_text(
-        "from qrag_agents import BaseAgent\n\nclass Last(BaseAgent):\n    def act(self, obs, info, env):\n"
+        "from qrag_agents import BaseAgent\n\nclass Last(BaseAgent):\n    def act(self, obs, info, document):\n"
         "        return int(info['action_mask'].nonzero()[0][-1])\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
     assert resolve_agent_class("my_agents_for_test:Last").__name__ == "Last"
+
+
+def test_readme_custom_agent_runs_on_the_observation_and_document_alone(make_env, tmp_path, monkeypatch) -> None:
+    """The README's RecentDense, copied from the README as it stands, through the runner (which gives it
+    no env). With a margin wider than any score gap it takes the latest available chunk every step."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n((?:(?!```).)*class RecentDense\(BaseAgent\):.*?)```", readme, re.S).group(1)
+    assert "unwrapped" not in code
+    (tmp_path / "readme_agents.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = make_env("qa1", never_terminate=True)
+    cell = Cell("readme_agents:RecentDense", "qa1", "1K", 1_000, seed=0, episodes=3)
+    for record in run_cell(cell, make_agent("readme_agents:RecentDense"), env):
+        assert len(set(record["selected"])) == 6
+    for record in run_cell(cell, make_agent("readme_agents:RecentDense?margin=1e9"), env):
+        last = record["num_chunks"] - 1
+        assert record["selected"] == list(range(last, last - 6, -1))

@@ -11,7 +11,8 @@ import pytest
 
 from qrag_agents import make_agent
 from qrag_gym.data.babi import load_babi_task, load_split, task_path
-from qrag_gym.evaluation import Cell, EvaluationError, make_eval_env, question_order, run_cell, run_episode, summarize
+from qrag_gym.evaluation import (LABEL_INFO_KEYS, Cell, EvaluationError, is_privileged, make_eval_env, question_order,
+                                  run_cell, run_episode, summarize)
 from qrag_gym.metrics import wilson_interval
 from qrag_gym.tasks import default_eval_split, parse_length
 
@@ -45,10 +46,12 @@ def test_runner_refuses_an_env_that_ends_episodes_on_the_gold_facts(data_dir: Pa
 
 def test_kept_chunks_must_be_selected(qa2_test_env: gym.Env) -> None:
     class Cheater:
-        def reset(self, obs, info, env) -> None:
+        privileged = True  # declared, so it is given the labels it then tries to keep unseen
+
+        def reset(self, obs, info, document) -> None:
             self.supporting = info["supporting_ids"]
 
-        def act(self, obs, info, env) -> int:
+        def act(self, obs, info, document) -> int:
             return int(np.flatnonzero(info["action_mask"])[0])
 
         def kept(self, info) -> list[int]:
@@ -57,6 +60,62 @@ def test_kept_chunks_must_be_selected(qa2_test_env: gym.Env) -> None:
     with pytest.raises(EvaluationError, match="never selected"):
         for seed in range(5):  # some episode has a supporting fact outside the first six chunks
             run_episode(Cheater(), qa2_test_env, seed)
+
+
+class Snoop:
+    """A user's agent that looks for the gold labels everywhere it is handed something."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.reached_env = False
+
+    def reset(self, obs, info, document) -> None:
+        self.seen |= set(info) | set(obs)
+        try:
+            document.unwrapped
+            self.reached_env = True
+        except AttributeError:
+            pass
+
+    def act(self, obs, info, document) -> int:
+        self.seen |= set(info) | set(obs)
+        return int(np.flatnonzero(obs["action_mask"])[0])
+
+    def kept(self, info) -> list[int]:
+        self.seen |= set(info)
+        return list(info["selected_order"])
+
+
+class PrivilegedSnoop(Snoop):
+    privileged = True
+
+
+@pytest.mark.parametrize("task, tokens", [("qa2", 1_000), ("niah:multivalue", 1_000), ("hotpotqa", None)])
+def test_agents_never_see_the_gold_labels(data_dir: Path, task: str, tokens: int | None) -> None:
+    """The runner strips the labels from what an agent gets and still measures with them; the env is never
+    reachable from the document. Only a class that declares ``privileged = True`` gets the labels."""
+    env = make_eval_env(task, tokens, "validation", data_dir=str(data_dir))
+    snoop, privileged = Snoop(), PrivilegedSnoop()
+    record = run_episode(snoop, env, 0, task)
+    assert "selected_order" in snoop.seen and "action_mask" in snoop.seen and "task" in snoop.seen
+    assert not snoop.seen & LABEL_INFO_KEYS and not snoop.reached_env
+    assert record["supporting"] and record["recall"] == pytest.approx(
+        len(set(record["supporting"]) & set(record["kept"])) / len(record["supporting"]))
+    run_episode(privileged, env, 0, task)
+    assert {"supporting_ids", "hits", "completed"} <= privileged.seen and not privileged.reached_env
+    assert is_privileged(make_agent("oracle")) and not is_privileged(make_agent("dense")) and not is_privileged(snoop)
+
+
+def test_every_info_key_is_sorted_into_labels_or_not(data_dir: Path) -> None:
+    """A new info key has to be classified here: left unlisted, a label would reach every agent."""
+    shown = {"question", "selected_order", "num_chunks", "num_tokens", "source", "task", "split", "split_rule",
+             "steps", "invalid_action", "action_mask", "variant", "qid"}
+    for task, tokens in [("qa2", 1_000), ("niah:multivalue", 1_000), ("hotpotqa", None)]:
+        env = make_eval_env(task, tokens, "validation", data_dir=str(data_dir))
+        _, info = env.reset(seed=0)
+        _, _, _, _, after = env.step(int(np.flatnonzero(info["action_mask"])[0]))
+        unsorted = (set(info) | set(after)) - shown - LABEL_INFO_KEYS
+        assert not unsorted, f"{task}: info keys {sorted(unsorted)} are neither labels nor known to be safe"
 
 
 def _comparable(records: list[dict]) -> list[dict]:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 class LastAvailableAgent(BaseAgent):
     """A user's agent named ``module:Class`` on the command line."""
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document) -> int:
         return int(np.flatnonzero(obs["action_mask"])[-1])
 
 

@@ -14,6 +14,7 @@ from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.inference import embed_document, rotation_bounds, shortlist_step, step_q_values
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import rotary_frequencies, rotate
+from qrag_gym.document import Document
 from qrag_gym.embedding import TextEmbedder, shared_embedder
 from qrag_gym.evaluation import run_episode
 from qrag_gym.shortlist import ChunkIndex, certified_argmax
@@ -132,10 +133,11 @@ def test_agent_shortlist_option_acts_like_full_scan(env: gym.Env, tmp_path, monk
     for shortlist in (None, 8):
         agent = QRAGAgent(model=str(tmp_path / "model"), shortlist=shortlist)
         obs, info = env.reset(seed=11)
-        agent.reset(obs, info, env)
+        document = Document(env.unwrapped)
+        agent.reset(obs, info, document)
         actions = []
         for _ in range(3):
-            actions.append(agent.act(obs, info, env))
+            actions.append(agent.act(obs, info, document))
             obs, _, _, _, info = env.step(actions[-1])
         runs.append((actions, agent._max_q))
     assert runs[0][0] == runs[1][0]

@@ -9,6 +9,7 @@ import pytest
 from stable_baselines3.common.env_checker import check_env
 
 from qrag_agents import make_agent
+from qrag_gym.document import Document
 from qrag_gym.wrappers import ShortlistView
 from conftest import play_checking_valid_actions
 
@@ -48,11 +49,12 @@ def test_slot_zero_is_the_multistep_dense_retriever(make_env) -> None:
     for seed in range(3):
         view.reset(seed=seed)
         obs, info = env.reset(seed=seed)
-        agent.reset(obs, info, env)
+        document = Document(env.unwrapped)
+        agent.reset(obs, info, document)
         done = False
         while not done:
             _, _, terminated, truncated, view_info = view.step(0)
-            obs, _, _, _, info = env.step(agent.act(obs, info, env))
+            obs, _, _, _, info = env.step(agent.act(obs, info, document))
             assert view_info["selected_order"] == info["selected_order"]
             done = terminated or truncated
 
@@ -70,7 +72,7 @@ def test_sb3_agent_without_policy_says_so(make_env) -> None:
     env = make_env()
     obs, info = env.reset(seed=0)
     with pytest.raises(RuntimeError, match="call learn"):
-        make_agent("dqn").act(obs, info, env)
+        make_agent("dqn").act(obs, info, Document(env.unwrapped))
 
 
 def test_features_match_the_embedder(make_env) -> None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import bm25s
-import gymnasium as gym
 import numpy as np
 
 from qrag_agents.base import BaseAgent
+from qrag_gym.document import Document
 from qrag_gym.wrappers import state_text
 
 
@@ -51,21 +51,21 @@ class BM25Agent(BaseAgent):
             return np.zeros(len(self._chunks), dtype=np.float32)
         return self._index.get_scores(tokens)
 
-    def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
-        self._chunks = env.unwrapped.chunks
+    def reset(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> None:
+        self._chunks = document.texts
         self._index = bm25s.BM25()
         corpus = bm25s.tokenize(list(self._chunks), stopwords=self.stopwords, show_progress=False)
         self._index.index(corpus, show_progress=False)
-        self._scores = self._score(env.unwrapped.question)
+        self._scores = self._score(document.question)
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         return best_available(self._scores, info["action_mask"], self.rng)
 
 
 class MultiStepBM25Agent(BM25Agent):
     """Multi-step: each step's query is the question plus the chunks selected so far."""
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         if info["selected_order"]:
-            self._scores = self._score(state_text(env.unwrapped))
+            self._scores = self._score(state_text(document))
         return best_available(self._scores, info["action_mask"], self.rng)

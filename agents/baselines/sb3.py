@@ -21,11 +21,12 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from qrag_agents.base import BaseAgent
+from qrag_gym.document import Document
 from qrag_gym.wrappers import Shortlist, ShortlistFeatures, ShortlistView
 
 
 class SB3Agent(BaseAgent, ABC):
-    """Shared plumbing: train through the view, act on the raw env by rebuilding the view each step."""
+    """Shared plumbing: train through the view, act on the episode's document by rebuilding the view each step."""
 
     algorithm: ClassVar[type[BaseAlgorithm]]
 
@@ -60,12 +61,11 @@ class SB3Agent(BaseAgent, ABC):
     def _choose(self, shortlist: Shortlist) -> int:
         """The slot the trained policy picks (greedy), among the valid ones."""
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         self._require_model()
-        base = env.unwrapped
         if self._features is None:
-            self._features = ShortlistFeatures(self.k, base.embedder.dim)
-        shortlist = self._features(base)
+            self._features = ShortlistFeatures(self.k, document.dim)
+        shortlist = self._features(document)
         slot = self._choose(shortlist)
         return int(shortlist.candidates[slot if shortlist.mask[slot] else 0])
 

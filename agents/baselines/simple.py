@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from qrag_agents.base import BaseAgent
+from qrag_gym.document import Document
 
 
 class RandomAgent(BaseAgent):
@@ -23,18 +23,21 @@ class RandomAgent(BaseAgent):
     def seed_episode(self, seed: int) -> None:
         self.rng = np.random.default_rng([self.seed, seed])
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         return int(self.rng.choice(np.flatnonzero(info["action_mask"])))
 
 
 class OracleAgent(BaseAgent):
     """Selects the supporting chunks in document order (read from ``info``): success 1.0 by construction.
 
-    Privileged: the only agent that reads the gold labels. It keeps exactly the supporting chunks; the
-    picks it makes after them (evaluation runs every episode to T) fill the step budget only.
+    Privileged (``privileged = True``): the only built-in agent the runner gives the gold labels in
+    ``info``. It keeps exactly the supporting chunks; the picks it makes after them (evaluation runs
+    every episode to T) fill the step budget only.
     """
 
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
+    privileged = True
+
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         remaining = [i for i in info["supporting_ids"] if info["action_mask"][i]]
         if remaining:
             return int(remaining[0])

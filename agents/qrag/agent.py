@@ -19,7 +19,6 @@ import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
-import gymnasium as gym
 import torch
 
 from qrag_agents.qrag.checkpoint import load_model
@@ -27,6 +26,7 @@ from qrag_agents.qrag.inference import embed_document, keep_until_threshold, sho
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.pretrained import PRETRAINED_DIR, pretrained_folder
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
+from qrag_gym.document import Document
 from qrag_gym.shortlist import ChunkIndex
 from qrag_gym.tasks import short_name
 
@@ -88,22 +88,22 @@ class QRAGAgent:
             self._networks[key] = load_model(folder, device=self.device)
         return self._networks[key]
 
-    def reset(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> None:
+    def reset(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> None:
         self.network = self._network_for(info["task"])
-        self._chunks = embed_document(self.network, env.unwrapped.chunks)
-        long_document = use_shortlist(self.shortlist, len(env.unwrapped.chunks))
+        self._chunks = embed_document(self.network, document.texts)
+        long_document = use_shortlist(self.shortlist, document.num_chunks)
         self._index = ChunkIndex(self._chunks.cpu().numpy()) if long_document else None
         self._max_q = []
 
     @torch.no_grad()
-    def act(self, obs: dict[str, Any], info: dict[str, Any], env: gym.Env) -> int:
-        base, selected = env.unwrapped, list(info["selected_order"])
+    def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
+        question, texts, selected = document.question, document.texts, list(info["selected_order"])
         if self._index is not None:
-            found = shortlist_step(self.network, self._index, self._chunks, base.question, base.chunks, selected,
+            found = shortlist_step(self.network, self._index, self._chunks, question, texts, selected,
                                    info["action_mask"], self.shortlist)
             action, value = found.action, found.value
         else:
-            q = step_q_values(self.network, self._chunks, base.question, base.chunks, selected, info["action_mask"])
+            q = step_q_values(self.network, self._chunks, question, texts, selected, info["action_mask"])
             action, value = int(q.argmax()), float(q[int(q.argmax())])
         self._max_q.append(value)
         return action

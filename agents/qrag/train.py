@@ -108,9 +108,7 @@ def prefetch_features(env: BabilongEnv) -> None:
     Misses are then encoded together instead of one forward pass per reset, and the frozen features
     stay in memory for the whole run.
     """
-    embedder = env.embedder
-    source = env._source
-    embedder.encode(list(source.noise.sentences) + sorted({f for s in source.samples for f in s.facts}))
+    env.embedder.encode(env.drawable_sentences())
 
 
 def validate(learner: Learner, envs: list[tuple[str, gym.Env]], writer: SummaryWriter, out: Path,

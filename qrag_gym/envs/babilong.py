@@ -301,6 +301,18 @@ class BabilongEnv(QuestionSetEnv):
             return len(self.release.matched)
         return len(self._source.samples)
 
+    def drawable_sentences(self) -> list[str]:
+        """Every sentence an episode of this env can hold: its books' sentences, then each distinct story
+        fact (sorted), so a caller can encode them all in one batched pass (``qrag-train`` does).
+
+        Not for ``source="babilong"``, whose haystacks are read from the release file per episode.
+        """
+        if self.release is not None:
+            raise ValueError("drawable_sentences(): source='babilong' serves the release's pre-built haystacks, "
+                             "read per episode; there is no fixed pool of sentences to list")
+        source = self._source
+        return list(source.noise.sentences) + sorted({fact for sample in source.samples for fact in sample.facts})
+
     def _episode_for_question(self, index: int) -> Episode:
         if self.release is not None:
             return self._release_episode(index)
