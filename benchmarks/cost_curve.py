@@ -46,7 +46,7 @@ from qrag_benchmarks.results_io import BENCHMARK_RESULTS, add_out_argument, mark
 from qrag_gym.atomic import atomic_write
 from qrag_gym.embedding import TextEmbedder
 from qrag_gym.evaluation import run_episode
-from qrag_gym.shortlist import ChunkIndex
+from qrag_agents.qrag.shortlist import ChunkIndex
 
 LENGTHS = (1_000, 32_000, 128_000, 1_000_000, 10_000_000)
 COLD_SAMPLE = 512
@@ -129,7 +129,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
             f"{args.threads} torch/faiss threads on a 2-core AMD EPYC **shared with other training runs** (load average "
             f"{load:.1f} at the end): absolute times are inflated and noisy; ratios within one row come from one process. "
             f"Step times are medians over {rows[0]['steps']} greedy steps, build the median of {args.repeats} resets. Shortlist: "
-            f"k = {args.k} per position bucket, certified exact (see qrag_gym/shortlist.py). \"encode cold\" above "
+            f"k = {args.k} per position bucket, certified exact (see agents/qrag/shortlist.py). \"encode cold\" above "
             f"{args.cold_max_tokens:,} tokens is extrapolated from the measured cold throughput on a sample of that document's "
             "distinct texts, not measured end to end. End to end = reset + encode (warm disk cache) + 6 greedy steps with "
             "the shortlist, in a fresh process; the one-off disk-cache load and corpus load per process are not in it "

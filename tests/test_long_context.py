@@ -17,7 +17,7 @@ from qrag_agents.qrag.rotary import rotary_frequencies, rotate
 from qrag_gym.document import Document
 from qrag_gym.embedding import TextEmbedder, shared_embedder
 from qrag_gym.evaluation import run_episode
-from qrag_gym.shortlist import ChunkIndex, certified_argmax
+from qrag_agents.qrag.shortlist import ChunkIndex, certified_argmax
 
 SENTENCES = 2_000
 

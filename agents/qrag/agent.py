@@ -27,7 +27,7 @@ from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.pretrained import PRETRAINED_DIR, pretrained_folder
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
 from qrag_gym.document import Document
-from qrag_gym.shortlist import ChunkIndex
+from qrag_agents.qrag.shortlist import ChunkIndex
 from qrag_gym.tasks import short_name
 
 

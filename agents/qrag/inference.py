@@ -7,7 +7,7 @@ Two step scorers give the same argmax. :func:`step_q_values` rotates every chunk
 and scores it (in batches, so a 10M-token document stays bounded). :func:`shortlist_step`, for long
 documents, rotates the *state* instead (``<s, R(p) e> = <R(p)^T s, e>``) once per position bucket,
 searches a faiss index of the un-rotated chunks per bucket and re-scores only a certified shortlist
-exactly (see :mod:`qrag_gym.shortlist`).
+exactly (see :mod:`qrag_agents.qrag.shortlist`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotate
-from qrag_gym.shortlist import ChunkIndex, ShortlistResult, certified_argmax
+from qrag_agents.qrag.shortlist import ChunkIndex, ShortlistResult, certified_argmax
 
 CHUNK_BATCH = 8192
 SHORTLIST_MIN_CHUNKS = 16_384

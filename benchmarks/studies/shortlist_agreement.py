@@ -23,7 +23,7 @@ from qrag_agents.qrag.inference import embed_document, shortlist_step, step_q_va
 from qrag_agents.qrag.networks import QNetwork
 from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
 from qrag_gym.embedding import TextEmbedder
-from qrag_gym.shortlist import ChunkIndex, certified_argmax
+from qrag_agents.qrag.shortlist import ChunkIndex, certified_argmax
 
 
 def networks(embedder: TextEmbedder) -> dict[str, QNetwork]:
