@@ -1,0 +1,204 @@
+"""Ray against the plain path on this machine, and what that projects to on N nodes (issue 18).
+
+Two jobs, each timed on the plain single-process path and on a local Ray instance (2 CPUs) with 1
+and with 2 workers:
+
+- embedding ``--sentences`` distinct real book sentences (the work of ``qrag-cache warm``): plain is
+  ``TextEmbedder.encode_uncached`` over the length-sorted texts in warm's blocks (1 and 2 torch
+  threads); Ray is :func:`qrag_gym.integrations.ray_embedding.embed_on_ray` with 1 and 2 actors (1
+  thread each). Each wall time includes loading the encoder (per actor on Ray). The vectors of every
+  path are compared with the plain 1-thread vectors.
+- a 12-cell grid (3 agents x qa1, qa2 x 1K, 4K, seed 0, ``--episodes`` each) through ``qrag-bench``
+  (``--threads 1``), plain and ``--ray --ray-workers 1`` / ``2``; an untimed plain run first warms a
+  private embedding cache, so every timed run evaluates with the same warm cache.
+
+The Ray instance is started once, before the timed runs (its start is reported apart). Projections
+divide the measured per-worker rate by the number of workers and by the measured 2-worker
+efficiency; they assume dedicated cores (this machine's 2 cores are shared with other jobs).
+
+    python -m qrag_benchmarks.studies.ray_scaling --sentences 5000 --episodes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qrag_benchmarks.report import load_records
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.run import main as bench
+from qrag_gym.cache_cli import WARM_BATCH
+from qrag_gym.data.noise import load_book_corpus
+from qrag_gym.data.paths import require_data_subdir
+from qrag_gym.embedding import TextEmbedder, count_tokens
+from qrag_gym.integrations.ray_cluster import init_ray
+from qrag_gym.integrations.ray_embedding import embed_on_ray
+
+GRID = ["--agents", "random", "bm25-multistep", "dense-multistep", "--tasks", "qa1", "qa2", "--lengths", "1K", "4K",
+        "--seeds", "0", "--threads", "1"]
+FRESH_TOKENS = 10_000_000
+GRID_CELLS = 1_000
+NODES = (1, 4, 16)
+WORKERS_PER_NODE = 16
+
+
+def sample_sentences(data_dir: str | None, count: int) -> list[str]:
+    """``count`` distinct real book sentences, drawn with a fixed seed from every book of the data folder."""
+    corpus = sorted(set(load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), "all").sentences))
+    if count > len(corpus):
+        raise ValueError(f"--sentences {count}: the books hold only {len(corpus)} distinct sentences")
+    picks = np.random.default_rng(0).choice(len(corpus), size=count, replace=False)
+    return [corpus[i] for i in sorted(picks)]
+
+
+def embed_plain(texts: list[str], threads: int) -> tuple[float, dict[str, np.ndarray]]:
+    """Wall time (encoder load included) and vectors of the plain path, in warm's length-sorted blocks."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    embedder = TextEmbedder(None, disk_cache=False)
+    ordered = sorted(texts, key=len)
+    vectors = {}
+    for block in range(0, len(ordered), WARM_BATCH):
+        chunk = ordered[block : block + WARM_BATCH]
+        vectors.update(zip(chunk, embedder.encode_uncached(chunk)))
+    return time.perf_counter() - start, vectors
+
+
+def embed_ray(texts: list[str], workers: int) -> tuple[float, dict[str, np.ndarray]]:
+    """Wall time (actor start and encoder load included) and vectors of the Ray Data path."""
+    embedder = TextEmbedder(None, disk_cache=False)
+    vectors: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    embed_on_ray(embedder, texts, workers, on_vectors=lambda block, v: vectors.update(zip(block, v)))
+    return time.perf_counter() - start, vectors
+
+
+def run_grid(out: Path, episodes: int, extra: list[str]) -> float:
+    start = time.perf_counter()
+    bench([*GRID, "--episodes", str(episodes), "--out", str(out), *extra])
+    return time.perf_counter() - start
+
+
+def comparable(folder: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in load_records(folder)]
+
+
+def project(rate_per_worker: float, efficiency: float, work: float) -> dict[str, float]:
+    """Seconds for ``work`` units on N nodes of :data:`WORKERS_PER_NODE` workers each."""
+    return {f"{n} node(s) x {WORKERS_PER_NODE} workers": work / (rate_per_worker * n * WORKERS_PER_NODE * efficiency)
+            for n in NODES}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sentences", type=int, default=5_000)
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per grid cell")
+    parser.add_argument("--data-dir", default=None)
+    add_out_argument(parser, STUDY_RESULTS)
+    args = parser.parse_args()
+    if args.sentences < 1 or args.episodes < 1:
+        parser.error("--sentences and --episodes must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="ray-scaling-") as scratch:
+        scratch_dir = Path(scratch)
+        os.environ["QRAG_CACHE_DIR"] = str(scratch_dir / "cache")  # before Ray starts: its workers inherit it
+        if args.data_dir:
+            os.environ["QRAG_DATA_DIR"] = str(Path(args.data_dir).resolve())
+        texts = sample_sentences(args.data_dir, args.sentences)
+        start = time.perf_counter()
+        ray = init_ray("local", num_cpus=2)
+        ray_start = time.perf_counter() - start
+
+        embedding: dict[str, float] = {}
+        embedding["plain, 1 thread"], reference = embed_plain(texts, 1)
+        embedding["plain, 2 threads"], two_threads = embed_plain(texts, 2)
+        torch.set_num_threads(1)
+        embedding["Ray, 1 worker"], one_worker = embed_ray(texts, 1)
+        embedding["Ray, 2 workers"], two_workers = embed_ray(texts, 2)
+        identical = {name: all(np.array_equal(reference[t], vectors[t]) for t in texts)
+                     for name, vectors in (("plain, 2 threads", two_threads), ("Ray, 1 worker", one_worker),
+                                           ("Ray, 2 workers", two_workers))}
+
+        grid: dict[str, float] = {}
+        run_grid(scratch_dir / "warm-up", args.episodes, [])
+        grid["plain"] = run_grid(scratch_dir / "plain", args.episodes, [])
+        grid["Ray, 1 worker"] = run_grid(scratch_dir / "ray1", args.episodes, ["--ray", "--ray-workers", "1"])
+        grid["Ray, 2 workers"] = run_grid(scratch_dir / "ray2", args.episodes, ["--ray", "--ray-workers", "2"])
+        same_records = {name: comparable(scratch_dir / folder) == comparable(scratch_dir / "plain")
+                        for name, folder in (("Ray, 1 worker", "ray1"), ("Ray, 2 workers", "ray2"))}
+        cells = len({(r["agent"], r["task"], r["length"], r["seed"]) for r in load_records(scratch_dir / "plain")})
+        ray.shutdown()
+
+    tokenizer = TextEmbedder(None, disk_cache=False).tokenizer
+    tokens_per_sentence = float(np.mean(np.minimum(count_tokens(tokenizer, texts), 64)))
+    fresh_sentences = FRESH_TOKENS / tokens_per_sentence
+    embed_rate = args.sentences / embedding["Ray, 1 worker"]
+    embed_efficiency = embedding["Ray, 1 worker"] / embedding["Ray, 2 workers"] / 2
+    cell_rate = cells / grid["Ray, 1 worker"]
+    grid_efficiency = grid["Ray, 1 worker"] / grid["Ray, 2 workers"] / 2
+    result = {
+        "command": f"python -m qrag_benchmarks.studies.ray_scaling --sentences {args.sentences} --episodes {args.episodes}",
+        "machine": f"{os.cpu_count()} CPUs shared with other jobs; load average at the end {os.getloadavg()}",
+        "ray_start_seconds": round(ray_start, 1),
+        "embedding": {"sentences": args.sentences, "wall_seconds": {k: round(v, 1) for k, v in embedding.items()},
+                      "ratio_to_plain_1_thread": {k: round(embedding["plain, 1 thread"] / v, 2) for k, v in embedding.items()},
+                      "ray_2_over_1_workers": round(embedding["Ray, 1 worker"] / embedding["Ray, 2 workers"], 2),
+                      "bit_identical_to_plain_1_thread": identical},
+        "grid": {"cells": cells, "episodes_per_cell": args.episodes, "arguments": " ".join(GRID),
+                 "wall_seconds": {k: round(v, 1) for k, v in grid.items()},
+                 "ratio_to_plain": {k: round(grid["plain"] / v, 2) for k, v in grid.items()},
+                 "ray_2_over_1_workers": round(grid["Ray, 1 worker"] / grid["Ray, 2 workers"], 2),
+                 "records_identical_to_plain": same_records},
+        "projection": {
+            "assumptions": (f"per-worker rate of the Ray 1-worker run, times workers, times the measured 2-worker "
+                            f"efficiency; {WORKERS_PER_NODE} CPU workers per node; a fresh {FRESH_TOKENS:,}-token haystack is "
+                            f"{fresh_sentences:,.0f} new sentences at the sample's {tokens_per_sentence:.1f} tokens each "
+                            f"(capped at 64); a {GRID_CELLS:,}-cell grid has this grid's mix of cells"),
+            "embedding_sentences_per_second_per_worker": round(embed_rate, 1),
+            "embedding_efficiency_2_workers": round(embed_efficiency, 2),
+            "fresh_10M_haystack_seconds": {"plain, 1 process": round(fresh_sentences / (args.sentences / embedding["plain, 2 threads"]), 0),
+                                          **{k: round(v, 0) for k, v in project(embed_rate, embed_efficiency, fresh_sentences).items()}},
+            "cells_per_second_per_worker": round(cell_rate, 3),
+            "grid_efficiency_2_workers": round(grid_efficiency, 2),
+            "grid_1000_cells_seconds": {"plain, 1 process": round(GRID_CELLS * grid["plain"] / cells, 0),
+                                        **{k: round(v, 0) for k, v in project(cell_rate, grid_efficiency, GRID_CELLS).items()}},
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "ray_scaling.json", result)
+    write_atomic(args.out / "ray_scaling.md", markdown(result).encode())
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    e, g, p = result["embedding"], result["grid"], result["projection"]
+    lines = ["# Ray against the plain path (issue 18)", "", f"`{result['command']}`; {result['machine']}; "
+             f"local Ray instance with 2 CPUs started once in {result['ray_start_seconds']} s (not in the times below).", "",
+             f"## Embedding {e['sentences']:,} real book sentences", "",
+             markdown_table(["path", "wall s", "speed-up over plain, 1 thread", "vectors bit-identical to plain, 1 thread"],
+                            [[k, v, e["ratio_to_plain_1_thread"][k], e["bit_identical_to_plain_1_thread"].get(k, "reference")]
+                             for k, v in e["wall_seconds"].items()]),
+             f"Ray 2 workers over 1 worker: {e['ray_2_over_1_workers']}x.", "",
+             f"## A {g['cells']}-cell benchmark grid ({g['episodes_per_cell']} episodes a cell, `qrag-bench {g['arguments']}`)", "",
+             markdown_table(["path", "wall s", "speed-up over plain", "records identical to plain"],
+                            [[k, v, g["ratio_to_plain"][k], g["records_identical_to_plain"].get(k, "reference")]
+                             for k, v in g["wall_seconds"].items()]),
+             f"Ray 2 workers over 1 worker: {g['ray_2_over_1_workers']}x.", "",
+             "## On paper: N nodes", "", p["assumptions"] + ".", "",
+             f"Embedding: {p['embedding_sentences_per_second_per_worker']} sentences/s per worker, 2-worker efficiency "
+             f"{p['embedding_efficiency_2_workers']}; grid: {p['cells_per_second_per_worker']} cells/s per worker, "
+             f"efficiency {p['grid_efficiency_2_workers']}.", "",
+             markdown_table(["where", "fresh 10M-token haystack (min)", "1,000-cell grid (min)"],
+                            [[k, round(p["fresh_10M_haystack_seconds"][k] / 60, 1), round(p["grid_1000_cells_seconds"][k] / 60, 1)]
+                             for k in p["fresh_10M_haystack_seconds"]])]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
