@@ -19,6 +19,9 @@ cell (see :mod:`qrag_benchmarks.report`). A folder that already holds results is
 ``--resume`` (keep the finished cells run under the same settings, drop and re-run the others) or
 ``--overwrite``. Agents with a ``learn`` method are trained once per task and seed on the *train*
 split at ``--train-length``, then evaluated at every length.
+
+``--ray [ADDRESS]`` runs each cell as a Ray task (:mod:`qrag_benchmarks.ray_cells`): same cells, same
+runner, same records and outputs (README, "Scaling out with Ray").
 """
 
 from __future__ import annotations

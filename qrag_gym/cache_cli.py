@@ -1,4 +1,7 @@
-"""``qrag-cache``: inspect, pre-fill or clear the on-disk embedding cache."""
+"""``qrag-cache``: inspect, pre-fill or clear the on-disk embedding cache.
+
+``qrag-cache warm --ray [ADDRESS]`` encodes on Ray Data actors (:mod:`qrag_gym.integrations.ray_embedding`)
+and writes the same cache, with the same vectors (README, "Scaling out with Ray")."""
 
 from __future__ import annotations
 
