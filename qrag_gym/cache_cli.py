@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     warm_parser.add_argument("--ray-workers", type=int, default=None, metavar="N",
                              help="with --ray: N encoder actors (a local instance gets N CPUs); default one per CPU")
     warm_parser.add_argument("--ray-gpus", type=float, default=0.0, metavar="G",
-                             help="with --ray: GPUs per actor (1 encodes on CUDA; vectors then match a local CUDA run, "
-                                  "not a CPU one)")
+                             help="with --ray: GPUs per actor (1 encodes on CUDA: vectors close to, not bit-identical "
+                                  "with, a CPU run's)")
     args = parser.parse_args(argv)
     if args.command == "warm":
         if args.ray is None and (args.ray_workers is not None or args.ray_gpus):

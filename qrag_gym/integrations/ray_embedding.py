@@ -4,9 +4,10 @@ The texts are cut into exactly the forward batches the local path encodes (sorte
 ``embedder.batch_size`` at a time: :func:`qrag_gym.cache_cli.warm` sorts the same way and its blocks
 are whole batches), and a pool of Ray Data actors (``Dataset.map_batches`` with a callable class and
 ``concurrency=N``; ``num_gpus`` per actor on a GPU cluster) runs each batch through its own
-:class:`~qrag_gym.embedding.TextEmbedder`. Same weights, same batch, same padding: on the same kind
-of device the vectors are bit-identical to the local path's (tests/test_ray.py), and the driver
-writes them into the same on-disk cache (:mod:`qrag_gym.cache`) that every env reads.
+:class:`~qrag_gym.embedding.TextEmbedder`. Same weights, same batch, same padding: on CPU actors the
+vectors are bit-identical to the local path's (tests/test_ray.py; GPU actors give CUDA's vectors,
+close but not bit-identical), and the driver writes them into the same on-disk cache
+(:mod:`qrag_gym.cache`) that every env reads.
 
 Only the driver touches the cache folder, so worker nodes need the model but no shared disk for it.
 """
