@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def main() -> None:
     floor = play(random_policy(args.seed), evaluation, seeds)
     dense = play(lambda observation: 0, evaluation, seeds)  # slot 0: the frozen multi-step dense retriever
     algo.stop()
-    report = {"command": " ".join(["python", "examples/rllib_ppo_shortlist.py", *os.sys.argv[1:]]),
+    report = {"command": " ".join(["python", "examples/rllib_ppo_shortlist.py", *sys.argv[1:]]),
               "task": args.task, "context_tokens": args.tokens, "train_seconds": round(train_seconds, 1),
               "history": history, "ppo_greedy": trained, "random": floor, "slot_0_dense": dense, "validation_reset_seeds": f"0..{args.episodes - 1}"}
     for name in ("ppo_greedy", "random", "slot_0_dense"):
