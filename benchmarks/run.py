@@ -19,6 +19,9 @@ cell (see :mod:`qrag_benchmarks.report`). A folder that already holds results is
 ``--resume`` (keep the finished cells run under the same settings, drop and re-run the others) or
 ``--overwrite``. Agents with a ``learn`` method are trained once per task and seed on the *train*
 split at ``--train-length``, then evaluated at every length.
+
+``--ray [ADDRESS]`` runs each cell as a Ray task (:mod:`qrag_benchmarks.ray_cells`): same cells, same
+runner, same records and outputs (README, "Scaling out with Ray").
 """
 
 from __future__ import annotations
@@ -88,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the finished cells in --out that ran under the same settings; run the rest")
     parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run each cell as a Ray task (pip install \"qrag-gym[ray]\"): alone, on a Ray instance "
+                             "started on this machine; with an address (auto, ray://HOST:10001), on that cluster")
+    parser.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                        help="with --ray: at most N cells at once (and a local instance gets N CPUs); "
+                             "default: as many as the cluster's CPUs allow")
     return parser
 
 
@@ -105,6 +114,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.ray_workers is not None and args.ray_workers < 1:
+        parser.error(f"--ray-workers must be at least 1, got {args.ray_workers}")
+    if args.ray_workers is not None and args.ray is None:
+        parser.error("--ray-workers sizes a --ray run: give --ray too")
     if args.shortlist is not None and args.shortlist < 1:
         parser.error(f"--shortlist must be at least 1, got {args.shortlist}")
     if args.resume and args.overwrite:
@@ -279,16 +292,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     envs: dict[tuple[str, int | None], gym.Env] = {}
     agents: dict[tuple[str, str, int], Agent] = {}
     with tqdm(total=sum(c.episodes for c in todo), unit="ep", dynamic_ncols=True) as bar:
-        for cell in todo:
-            bar.set_description(f"{cell.agent} {cell.task} {cell.length} seed {cell.seed}")
-            agent = trained_agent(cell, args, agents, run_info)
-            if (cell.task, cell.tokens) not in envs:
-                envs[(cell.task, cell.tokens)] = make_env(cell.task, cell.tokens, splits[cell.task], args)
-            env = envs[(cell.task, cell.tokens)]
-            stamp = current[(cell.agent, cell.task)]
-            records += [{**r, "settings_id": stamp} for r in run_cell(cell, agent, env, on_episode=lambda: bar.update(1))]
-            run_info["cells_done"] = run_info.get("cells_done", 0) + 1
-            write_outputs(args.out, records, run_info)
+        if args.ray is not None and todo:
+            from qrag_benchmarks.ray_cells import run_cells_on_ray
+
+            records = run_cells_on_ray(todo, args, splits, current, records, run_info,
+                                       write=lambda rows: write_outputs(args.out, rows, run_info),
+                                       on_cell=lambda cell: bar.update(cell.episodes))
+        else:
+            for cell in todo:
+                bar.set_description(f"{cell.agent} {cell.task} {cell.length} seed {cell.seed}")
+                agent = trained_agent(cell, args, agents, run_info)
+                if (cell.task, cell.tokens) not in envs:
+                    envs[(cell.task, cell.tokens)] = make_env(cell.task, cell.tokens, splits[cell.task], args)
+                env = envs[(cell.task, cell.tokens)]
+                stamp = current[(cell.agent, cell.task)]
+                records += [{**r, "settings_id": stamp} for r in run_cell(cell, agent, env, on_episode=lambda: bar.update(1))]
+                run_info["cells_done"] = run_info.get("cells_done", 0) + 1
+                write_outputs(args.out, records, run_info)
     if not todo:  # nothing to run: still write what --resume kept (it may have trimmed or dropped records)
         write_outputs(args.out, records, run_info)
     print(f"{len(todo)} cells run, {len(cells) - len(todo)} kept from before; outputs in {args.out}/")
