@@ -213,7 +213,7 @@ def test_fetch_installs_the_layout_the_loaders_and_envs_read(server: State, tmp_
     from qrag_gym.envs.babilong import load_source
     from qrag_gym.envs.hotpotqa import resolve_hotpotqa_file
 
-    source = load_source("qa2", "train", "real", root, None)  # the BABILong env's own resolution
+    source = load_source("qa2", "train", "real", root)  # the BABILong env's own resolution
     assert source.label == "babi-real+gutenberg"
     assert [s.answer for s in source.samples] == ["bathroom", "north"]  # story 0 is a validation story
     path = resolve_hotpotqa_file(None, root)  # the HotpotQA env's default file
