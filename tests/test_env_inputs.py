@@ -203,6 +203,12 @@ def test_non_utf8_babi_file_names_file_and_line(tmp_path: Path) -> None:
         load_babi_file(path, "qa1")
 
 
+def test_max_chunks_below_the_longest_story_is_refused_at_construction(small_data_dir: Path) -> None:
+    """Hypothesis found it: max_chunks=1 built an env whose every reset failed."""
+    with pytest.raises(ValueError, match=r"max_chunks=1 cannot hold the \d+ facts of the longest qa1 validation story"):
+        _babilong(small_data_dir, num_sentences=30, max_chunks=1)
+
+
 # ----- fuzz: random kwargs, actions and bAbI lines -----------------------------------------------
 DOCUMENTED = (ValueError, FileNotFoundError)
 """What the env and parser may raise for bad input (ValueError covers InvalidActionError, BabiFormatError,

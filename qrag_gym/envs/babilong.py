@@ -250,6 +250,9 @@ class BabilongEnv(QuestionSetEnv):
                 typical = max(float(np.median(self._source.noise_tokens)), 1.0)
                 noise_chunks = int(context_tokens / typical * _CAPACITY_SLACK) + 64
             max_chunks = min(noise_chunks + self._source.max_facts, MAX_CHUNKS)
+        elif max_chunks < self._source.max_facts:  # else the first long story fails at reset, not here
+            raise ValueError(f"max_chunks={max_chunks} cannot hold the {self._source.max_facts} facts of the longest "
+                             f"{task} {split} story; give at least {self._source.max_facts} or leave it unset")
         super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
                          invalid_action_penalty, embedder, render_mode, per_fact_reward)
 
