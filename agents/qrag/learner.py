@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qrag_agents.qrag.candidates import candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions
@@ -93,6 +94,22 @@ class Batch:
     targets: torch.Tensor
     episode_returns: list[float]
     episode_success: list[float]
+    candidates: "CandidateSets | None" = None
+
+
+@dataclass
+class CandidateSets:
+    """The candidate set the online network's stage scored at each transition (``candidate_stage`` only).
+
+    The update scores the same set again, with gradients, so the Q it regresses is the Q the policy
+    acted on; an action outside the set (the random warm-up) keeps its base Q, as in acting.
+    """
+
+    texts: list[str]  # chunk texts, (transitions * M) flat
+    index: torch.Tensor  # chunk ids, (transitions, M)
+    positions: torch.Tensor  # relative positions, (transitions, M)
+    valid: torch.Tensor  # (transitions, M) bool
+    action_column: torch.Tensor  # where the action sits in its set, -1 when outside, (transitions,)
 
 
 @dataclass
@@ -120,11 +137,14 @@ class StepTensors:
         return cls(chunks, target_chunks, positions, valid)
 
 
-def slot_q_halves(network: QNetwork, slots: list[Slot], chunks: torch.Tensor, turn) -> torch.Tensor:
-    """Per-half Q of every chunk of every running episode: ``(B, M, 2)``."""
+def slot_q_halves(network: QNetwork, slots: list[Slot], chunks: torch.Tensor, turn, positions: torch.Tensor,
+                  valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Final per-half Q of every chunk of every running episode ``(B, M, 2)`` (:func:`refine`: the base
+    Q, corrected on the candidates when the network has a candidate stage) and the candidate ids or None."""
     questions, selected = zip(*(slot.state_texts() for slot in slots))
     states = network.embed_states(list(questions), list(selected))
-    return network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+    base = network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+    return refine(network, states, chunks, base, positions, valid.to(base.device))
 
 
 class Learner:
@@ -178,17 +198,21 @@ class Learner:
         questions, selected, actions = [], [], []
         positions = torch.zeros(steps, width)
         returns, successes = [], []
+        sets = _SetCollector() if self.online.candidate_stage is not None else None
         random_phase = self.transitions < config.random_transitions
         for t in range(steps + 1):
             step = StepTensors.build(self.slots, config)
             valid, rho = step.valid, step.positions
-            turn = self.online.rotation(rho.to(self.online.device))
+            rho_device = rho.to(self.online.device)
+            turn = self.online.rotation(rho_device)
             # Scores come back to the CPU, where the sampling generator and the returns live.
-            target_q = slot_q_halves(self.target, self.slots, step.target_chunks, turn).cpu()
-            values[t] = soft_value(target_q, valid, self.alpha, config.top_k)
+            target_q, _ = slot_q_halves(self.target, self.slots, step.target_chunks, turn, rho_device, valid)
+            values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
             if t == steps:
                 break
-            online_q = slot_q_halves(self.online, self.slots, step.chunks, turn).cpu()
+            online_q, candidates = slot_q_halves(self.online, self.slots, step.chunks, turn, rho_device, valid)
+            online_q = online_q.cpu()
+            candidates = None if candidates is None else candidates.cpu()
             if random_phase:
                 scores = torch.rand(valid.shape, generator=self.generator).masked_fill(~valid, -1.0)
                 chosen = scores.argmax(-1)
@@ -202,6 +226,8 @@ class Learner:
                 selected.append(texts)
                 actions.append(slot.env.chunks[action])
                 positions[t, row] = rho[row, action]
+                if candidates is not None:
+                    sets.add(slot, candidates[row], rho[row], action)
                 _, reward, terminated, truncated, info = slot.env.step(action)
                 slot.selected.append(action)
                 rewards[t, row], dones[t, row] = float(reward), float(terminated or truncated)
@@ -214,13 +240,34 @@ class Learner:
                 self._start_episodes(finished)
         self.transitions += steps * width
         targets = lambda_returns(rewards, dones, values, config.gamma, config.lam)
-        return Batch(questions, selected, actions, positions.reshape(-1), targets.reshape(-1), returns, successes)
+        return Batch(questions, selected, actions, positions.reshape(-1), targets.reshape(-1), returns, successes,
+                     None if sets is None else sets.done())
+
+    def _candidate_q(self, states: torch.Tensor, action_q: torch.Tensor, sets: CandidateSets) -> torch.Tensor:
+        """The final Q halves of each taken action: its base Q plus the stage's correction, scored within the
+        candidate set it was taken from (none where the action was outside its set).
+
+        The other candidates' chunk vectors enter as features without gradient (the chunk adapter learns
+        through the actions, as in faithful Q-RAG): that keeps the update's cost near the faithful one.
+        """
+        device = self.online.device
+        count = sets.index.shape[1]
+        with torch.no_grad():
+            chunks = self.online.embed_chunks(sets.texts).view(len(states), count, -1)
+        positions = sets.positions.to(device)
+        base = self.online.q_halves(states.unsqueeze(1), chunks, positions)
+        delta = candidate_delta(self.online, states, chunks, base, positions, sets.index.to(device), sets.valid.to(device))
+        column = sets.action_column.to(device)
+        picked = delta.gather(1, column.clamp(min=0).view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
+        return action_q + picked * (column >= 0).unsqueeze(-1)
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on the batch: MSE of ``2 Q_h`` toward ``G`` for both halves."""
         states = self.online.embed_states(batch.questions, batch.selected)
         chunks = self.online.embed_chunks(batch.actions)
         q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))
+        if batch.candidates is not None:
+            q = self._candidate_q(states, q, batch.candidates)
         targets = batch.targets.to(q.device)
         loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -239,3 +286,30 @@ class Learner:
             "charts/learning_rate": self.scheduler.get_last_lr()[0],
             "charts/alpha": self.alpha,
         }
+
+
+class _SetCollector:
+    """Gathers each transition's candidate set during a rollout, in the batch's time-major order."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.index: list[torch.Tensor] = []
+        self.positions: list[torch.Tensor] = []
+        self.valid: list[torch.Tensor] = []
+        self.columns: list[int] = []
+
+    def add(self, slot: Slot, index: torch.Tensor, rho: torch.Tensor, action: int) -> None:
+        """One transition: :func:`refine`'s candidate ids of ``slot``'s state (-1 past the available chunks:
+        stored as copies of the best one, marked invalid, as :func:`refine` scores them) and the action taken."""
+        real = index >= 0
+        index = torch.where(real, index, index[0])
+        self.texts.extend(slot.env.chunks[i] for i in index.tolist())
+        self.index.append(index)
+        self.positions.append(rho[index])
+        self.valid.append(real)
+        hits = ((index == action) & real).nonzero()
+        self.columns.append(int(hits[0, 0]) if len(hits) else -1)
+
+    def done(self) -> CandidateSets:
+        return CandidateSets(self.texts, torch.stack(self.index), torch.stack(self.positions), torch.stack(self.valid),
+                             torch.tensor(self.columns, dtype=torch.long))

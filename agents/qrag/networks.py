@@ -7,7 +7,8 @@
 - Full build (the paper, for GPUs): two trainable copies of an HF encoder, mean pooled and scaled.
 
 Both take texts, so the learner is the same code for both. The embedding is split into two halves,
-each giving its own Q estimate; acting uses their sum.
+each giving its own Q estimate; acting uses their sum. With ``candidate_stage`` on, a second stage
+(:mod:`qrag_agents.qrag.candidates`, beyond the paper) corrects the Q halves of the top candidates.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from qrag_agents.qrag.candidates import CandidateStage
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
 from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model, token_ids
@@ -52,6 +54,8 @@ class QNetwork(nn.Module):
             )
         self.dim = dim
         self.register_buffer("frequencies", rotary_frequencies(dim // 2), persistent=False)
+        # Built last, and only when asked for, so faithful models draw the same initial weights as before.
+        self.candidate_stage = CandidateStage(dim, config) if config.candidate_stage else None
 
     @property
     def device(self) -> torch.device:
