@@ -6,7 +6,9 @@
   (measured here: a state that starts as the bare question never saw a reward on qa2).
 - Full build (the paper, for GPUs): two trainable copies of an HF encoder, mean pooled and scaled.
 
-Both take texts, so the learner is the same code for both. The embedding is split into two halves,
+Both take texts (what acting uses). The adapter build also exposes the frozen features and the adapters
+on them (:meth:`QNetwork.chunk_features`, :meth:`QNetwork.adapt_chunks`, :meth:`QNetwork.adapt_states`),
+which the learner uses to roll out on chunk ids and tensors; the full build keeps a text path there. The embedding is split into two halves,
 each giving its own Q estimate; acting uses their sum. With ``candidate_stage`` on, a second stage
 (:mod:`qrag_agents.qrag.candidates`, beyond the paper) corrects the Q halves of the top candidates.
 """
@@ -87,7 +89,15 @@ class QNetwork(nn.Module):
             cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
             pieces = self._piece_ids(texts, self.config.chunk_max_tokens)
             return self._encode_full(self.chunk_encoder, [[cls_id, *p, sep_id] for p in pieces])
-        features = self._features(texts)
+        return self.adapt_chunks(self.chunk_features(texts))
+
+    def chunk_features(self, texts: list[str]) -> torch.Tensor:
+        """The frozen encoder's features of ``texts`` ``(n, d)`` (adapter build): what the learner keeps per
+        episode and gathers by chunk id, so no text is looked up again within an episode."""
+        return self._features(texts)
+
+    def adapt_chunks(self, features: torch.Tensor) -> torch.Tensor:
+        """E_a from frozen features ``(..., d)`` (adapter build): ``normalize(e + MLP(e))``."""
         return nn.functional.normalize(features + self.chunk_adapter(features), dim=-1)
 
     def embed_states(self, questions: list[str], selected: list[list[str]]) -> torch.Tensor:
@@ -101,6 +111,12 @@ class QNetwork(nn.Module):
             owner = torch.tensor([row for row, texts in enumerate(selected) for _ in texts], device=self.device)
             summed = summed.index_add(0, owner, self._features(flat))
         count = torch.tensor([[len(s) / self.config.max_steps] for s in selected], device=self.device)
+        return self.adapt_states(question, summed, count)
+
+    def adapt_states(self, question: torch.Tensor, summed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """E_s from the three tensors that fully describe an adapter-build state: the question's feature
+        ``(n, d)``, the sum of the selected chunks' features ``(n, d)`` and their count over ``max_steps``
+        ``(n, 1)``. The learner keeps these per transition instead of texts."""
         base = nn.functional.normalize(question + summed, dim=-1)
         return base + self.state_adapter(torch.cat([question, summed, base, count], dim=-1))
 

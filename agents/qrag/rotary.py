@@ -32,6 +32,35 @@ def relative_positions(
     return np.floor(positions) if integer else positions
 
 
+def relative_positions_batch(
+    num_chunks: np.ndarray, selected: np.ndarray, width: int, step: float = 20.0, span: float = 18.0,
+    integer: bool = False
+) -> np.ndarray:
+    """:func:`relative_positions` of ``B`` episodes at once: ``(B, width)``, zero past each episode's chunks.
+
+    ``num_chunks`` ``(B,)``; ``selected`` ``(B, S)`` chunk ids in any order, padded with -1. The same float64
+    operations in the same order as :func:`relative_positions`, so every position is bit-identical to it;
+    the learner calls this once per step for all its episodes instead of once per episode.
+    """
+    num_chunks = np.asarray(num_chunks, dtype=np.int64)
+    selected = np.asarray(selected, dtype=np.int64)
+    rows, slots = selected.shape
+    count = (selected >= 0).sum(axis=1)
+    beyond = np.iinfo(np.int64).max
+    bounds = np.sort(np.where(selected >= 0, selected, beyond), axis=1)
+    index = np.arange(width)
+    segment = (bounds[:, None, :] <= index[None, :, None]).sum(axis=-1)
+    starts = np.take_along_axis(np.concatenate([np.zeros((rows, 1), dtype=np.int64), bounds], axis=1), segment, axis=1)
+    ends_table = np.concatenate([bounds, num_chunks[:, None]], axis=1)
+    ends_table = np.where(np.arange(slots + 1)[None, :] >= count[:, None], num_chunks[:, None], ends_table)
+    ends = np.take_along_axis(ends_table, segment, axis=1)
+    lengths = ends - starts
+    offset = np.where(lengths > 1, span * (index - starts) / np.maximum(lengths - 1, 1), 0.0)
+    positions = segment * step + offset
+    positions = np.floor(positions) if integer else positions
+    return np.where(index[None, :] < num_chunks[:, None], positions, 0.0)
+
+
 def rotary_frequencies(half_dim: int, base: float = 10_000.0) -> torch.Tensor:
     """``theta_j = base^(-2j / half_dim)`` for the ``half_dim / 2`` interleaved pairs of one half."""
     if half_dim % 2:
