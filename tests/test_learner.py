@@ -16,7 +16,7 @@ from qrag_agents.qrag.learner import EnvSlots, Learner, summed_selected
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, relative_positions_batch
 from qrag_agents.qrag.train import make_train_envs
-from qrag_benchmarks.studies.baseline_learner import Learner as BaselineLearner
+from qrag_benchmarks.studies.baseline_learner import Learner as BaselineLearner, _today_q_halves
 from qrag_gym.embedding import shared_embedder
 
 
@@ -44,6 +44,27 @@ def test_summed_selected_equals_index_add_in_document_order() -> None:
         real = [i for i in ids if i >= 0]
         expected[row] = torch.zeros(1, 8).index_add(0, torch.zeros(len(real), dtype=torch.long), features[row, real])[0]
     assert torch.equal(summed_selected(features, ordered), expected)
+
+
+@pytest.fixture(scope="module")
+def network(data_dir) -> QNetwork:
+    torch.manual_seed(0)
+    return QNetwork(cpu_config(), shared_embedder("default"))
+
+
+def test_complex_rotation_scores_equal_the_cos_sin_formula_bit_for_bit(network: QNetwork) -> None:
+    """The one-pass complex rotation and per-half sums of :meth:`QNetwork.q_halves` give the very floats of
+    the cos/sin products and slice sums they replaced, with and without gradients."""
+    torch.manual_seed(1)
+    states = torch.randn(5, network.dim)
+    chunks = torch.randn(5, 30, network.dim, requires_grad=True)
+    positions = torch.rand(5, 30) * 120
+    new = network.q_halves(states.unsqueeze(1), chunks, positions)
+    old = _today_q_halves(network, states.unsqueeze(1), chunks, positions)
+    assert torch.equal(new, old)
+    (new_grad,), (old_grad,) = (torch.autograd.grad(q.sum(), chunks) for q in (new, old))
+    assert torch.allclose(new_grad, old_grad, atol=1e-6)
+    assert torch.equal(network.q_halves(states.unsqueeze(1), chunks, turn=network.rotation(positions)), new)
 
 
 def _pair(config, data_dir):

@@ -276,6 +276,10 @@ class Learner:
         return ([episode.question for episode in episodes],
                 [[episodes[row].chunks[i] for i in ids if i >= 0] for row, ids in enumerate(ordered.tolist())])
 
+    def _states(self, network: QNetwork, inputs: tuple) -> torch.Tensor:
+        """E_s of every slot's state: from texts (full build) or from the three feature tensors (adapter build)."""
+        return network.embed_states(*inputs) if self.texts else network.adapt_states(*inputs)
+
     def _q_halves(self, network: QNetwork, states: torch.Tensor, chunks: torch.Tensor, turn, positions: torch.Tensor,
                   valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Final per-half Q of every chunk of every slot ``(B, M, 2)`` (:func:`refine`: the base Q, corrected on
@@ -310,18 +314,18 @@ class Learner:
             turn = self.online.rotation(rho_device)
             if self.texts:
                 questions, selected = self._state_texts(ordered)
-                online_states = self.online.embed_states(questions, selected)
-                target_states = self.target.embed_states(questions, selected)
+                state_inputs: tuple = (questions, selected)
             else:
                 summed = summed_selected(self.features, torch.from_numpy(ordered).to(device))
                 count = torch.from_numpy(self.num_selected / config.max_steps).float().unsqueeze(-1).to(device)
-                online_states = self.online.adapt_states(self.question, summed, count)
-                target_states = self.target.adapt_states(self.question, summed, count)
+                state_inputs = (self.question, summed, count)
             # Scores come back to the CPU, where the sampling generator and the returns live.
-            target_q, _ = self._q_halves(self.target, target_states, self.target_chunks[:, :width], turn, rho_device, valid)
+            target_q, _ = self._q_halves(self.target, self._states(self.target, state_inputs), self.target_chunks[:, :width],
+                                         turn, rho_device, valid)
             values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
-            if t == steps:
+            if t == steps:  # the bootstrap state needs only its target value
                 break
+            online_states = self._states(self.online, state_inputs)
             online_q, candidates = self._q_halves(self.online, online_states, self.chunks[:, :width], turn, rho_device, valid)
             online_q = online_q.cpu()
             if random_phase:

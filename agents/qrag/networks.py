@@ -134,12 +134,12 @@ class QNetwork(nn.Module):
         return states
 
     # ----- scoring -------------------------------------------------------------------------------
-    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The rotation for chunk ``positions``, or None when this model uses no positions."""
+    def rotation(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The rotation (complex phases) for chunk ``positions``, or None when this model uses no positions."""
         return rotation(positions, self.frequencies) if self.config.positions == "relative" else None
 
     def q_halves(self, states: torch.Tensor, chunks: torch.Tensor, positions: torch.Tensor | None = None,
-                 turn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 turn: torch.Tensor | None = None) -> torch.Tensor:
         """Per-half Q values ``(..., 2)`` of chunks ``(..., d)`` at ``positions`` for states ``(..., d)``.
 
         ``states`` broadcasts against ``chunks`` (e.g. ``(B, 1, d)`` against ``(B, M, d)``). Pass
@@ -148,7 +148,6 @@ class QNetwork(nn.Module):
         if turn is None and positions is not None:
             turn = self.rotation(positions)
         if turn is not None:
-            chunks = apply_rotation(chunks, *turn)
+            chunks = apply_rotation(chunks, turn)
         products = states * chunks
-        half = self.dim // 2
-        return torch.stack((products[..., :half].sum(-1), products[..., half:].sum(-1)), dim=-1)
+        return products.unflatten(-1, (2, self.dim // 2)).sum(-1)  # each half summed as its own run

@@ -1,8 +1,16 @@
-"""The Q-RAG learner (the paper's Algorithm 1): on-policy soft Q-learning with lambda-returns.
+"""FROZEN BASELINE of ``benchmarks/studies/learner_speed.py``: the Q-RAG learner as it was before issue 15 item 4.
 
-Read it top to bottom: :func:`lambda_returns` is the paper's Algorithm 1; :class:`Learner` collects
-``rollout_steps`` transitions from each of ``num_envs`` episodes with a Boltzmann policy over the
-top-k chunks, bootstraps with the soft value of EMA target networks, and regresses both Q halves.
+This is ``agents/qrag/learner.py`` at commit d2713a5 (one single env per slot, state texts embedded every
+step, per-step padding, per-episode positions), together with that commit's scoring (cos/sin rotation
+with a stack, per-half slice sums: :func:`_today_rotation`, :func:`_today_q_halves`), so the study can
+measure "today's learner" in the same process as the product's learner after the switch. It is not
+used by the product; ``tests/test_learner.py`` also uses it as the reference the new learner must
+match update for update. Do not edit it except to keep it importable.
+
+Original docstring: the Q-RAG learner (the paper's Algorithm 1): on-policy soft Q-learning with
+lambda-returns. :func:`lambda_returns` is the paper's Algorithm 1; :class:`Learner` collects
+``rollout_steps`` transitions from each of ``num_envs`` episodes with a Boltzmann policy over the top-k
+chunks, bootstraps with the soft value of EMA target networks, and regresses both Q halves.
 """
 
 from __future__ import annotations
@@ -19,6 +27,31 @@ from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions
 from qrag_gym.envs.retrieval import RetrievalEnv
+
+
+def _today_rotation(network: QNetwork, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``QNetwork.rotation`` at d2713a5: ``(cos, sin)`` of the angles, or None without positions."""
+    if network.config.positions != "relative":
+        return None
+    angles = positions.unsqueeze(-1).float() * network.frequencies.to(positions.device)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def _today_q_halves(network: QNetwork, states: torch.Tensor, chunks: torch.Tensor, positions: torch.Tensor | None = None,
+                    turn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``QNetwork.q_halves`` at d2713a5 (rotation by separate cos/sin products and a stack)."""
+    if turn is None and positions is not None:
+        turn = _today_rotation(network, positions)
+    if turn is not None:
+        cos, sin = turn
+        *lead, dim = chunks.shape
+        pairs = chunks.reshape(*lead, 2, dim // 4, 2)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        chunks = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).reshape(*lead, dim)
+    products = states * chunks
+    half = network.dim // 2
+    return torch.stack((products[..., :half].sum(-1), products[..., half:].sum(-1)), dim=-1)
 
 
 def lambda_returns(rewards: torch.Tensor, dones: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
@@ -143,7 +176,7 @@ def slot_q_halves(network: QNetwork, slots: list[Slot], chunks: torch.Tensor, tu
     Q, corrected on the candidates when the network has a candidate stage) and the candidate ids or None."""
     questions, selected = zip(*(slot.state_texts() for slot in slots))
     states = network.embed_states(list(questions), list(selected))
-    base = network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+    base = _today_q_halves(network, states.unsqueeze(1), chunks, turn=turn)
     return refine(network, states, chunks, base, positions, valid.to(base.device))
 
 
@@ -204,7 +237,7 @@ class Learner:
             step = StepTensors.build(self.slots, config)
             valid, rho = step.valid, step.positions
             rho_device = rho.to(self.online.device)
-            turn = self.online.rotation(rho_device)
+            turn = _today_rotation(self.online, rho_device)
             # Scores come back to the CPU, where the sampling generator and the returns live.
             target_q, _ = slot_q_halves(self.target, self.slots, step.target_chunks, turn, rho_device, valid)
             values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
@@ -255,7 +288,7 @@ class Learner:
         with torch.no_grad():
             chunks = self.online.embed_chunks(sets.texts).view(len(states), count, -1)
         positions = sets.positions.to(device)
-        base = self.online.q_halves(states.unsqueeze(1), chunks, positions)
+        base = _today_q_halves(self.online, states.unsqueeze(1), chunks, positions)
         delta = candidate_delta(self.online, states, chunks, base, positions, sets.index.to(device), sets.valid.to(device))
         column = sets.action_column.to(device)
         picked = delta.gather(1, column.clamp(min=0).view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
@@ -265,7 +298,7 @@ class Learner:
         """One gradient step on the batch: MSE of ``2 Q_h`` toward ``G`` for both halves."""
         states = self.online.embed_states(batch.questions, batch.selected)
         chunks = self.online.embed_chunks(batch.actions)
-        q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))
+        q = _today_q_halves(self.online, states, chunks, batch.positions.to(self.online.device))
         if batch.candidates is not None:
             q = self._candidate_q(states, q, batch.candidates)
         targets = batch.targets.to(q.device)
