@@ -242,27 +242,25 @@ class Learner:
     @torch.no_grad()
     def _start_episodes(self, rows: np.ndarray) -> None:
         """Load the new episodes of slots ``rows`` (already reset): all their chunks and questions are encoded in
-        one batched pass per network, into the rows of the padded buffers."""
+        one batched pass per network and written into those rows of the padded buffers in one indexed copy."""
         episodes = [self.slots.episodes[row] for row in rows.tolist()]
         texts = [text for episode in episodes for text in episode.chunks]
-        sizes = [len(episode.chunks) for episode in episodes]
+        sizes = np.array([len(episode.chunks) for episode in episodes], dtype=np.int64)
+        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        where = (torch.from_numpy(np.repeat(rows, sizes)), torch.from_numpy(np.arange(len(texts)) - starts))
+        buffers = [self.chunks, self.target_chunks]
         if self.texts:
-            online, target = self.online.embed_chunks(texts), self.target.embed_chunks(texts)
+            values = [self.online.embed_chunks(texts), self.target.embed_chunks(texts)]
         else:
             features = self.online.chunk_features(texts)
-            online, target = self.online.adapt_chunks(features), self.target.adapt_chunks(features)
+            values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features), features]
+            buffers.append(self.features)
             self.question[rows] = self.online.chunk_features([episode.question for episode in episodes])
-            self._scatter(self.features, rows, features.split(sizes))
-        self._scatter(self.chunks, rows, online.split(sizes))
-        self._scatter(self.target_chunks, rows, target.split(sizes))
+        for buffer, value in zip(buffers, values):
+            buffer[rows] = 0.0
+            buffer[where] = value
         self.num_chunks[rows] = sizes
         self.selected[rows], self.num_selected[rows], self.episode_return[rows] = -1, 0, 0.0
-
-    @staticmethod
-    def _scatter(buffer: torch.Tensor, rows: np.ndarray, pieces: tuple[torch.Tensor, ...]) -> None:
-        for row, piece in zip(rows.tolist(), pieces):
-            buffer[row, : len(piece)] = piece
-            buffer[row, len(piece):] = 0.0
 
     def _document_order(self) -> np.ndarray:
         """Each slot's selected ids in document order, -1 padding last ``(B, max_steps)``."""
