@@ -68,7 +68,7 @@ def test_complex_rotation_scores_equal_the_cos_sin_formula_bit_for_bit(network: 
 
 
 def _pair(config, data_dir):
-    embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
+    embedder = None if config.finetune_encoder else shared_embedder(config.encoder, config.chunk_max_tokens)
     learners = []
     for cls in (BaselineLearner, Learner):
         torch.manual_seed(config.seed)
@@ -77,17 +77,23 @@ def _pair(config, data_dir):
     return learners
 
 
-@pytest.mark.parametrize("task, extra", [("qa2", {}), ("qa3", {"candidate_stage": True})])
-def test_learner_matches_the_per_episode_learner_update_for_update(small_data_dir, single_thread, task, extra) -> None:
+FULL_BUILD = {"finetune_encoder": True, "num_envs": 4, "train_num_sentences": 20, "random_transitions": 0}
+
+
+@pytest.mark.parametrize("task, extra, updates", [("qa2", {}, 4), ("qa3", {"candidate_stage": True}, 4),
+                                                  ("qa2", FULL_BUILD, 2)])
+def test_learner_matches_the_per_episode_learner_update_for_update(small_data_dir, single_thread, task, extra,
+                                                                    updates) -> None:
     """Same seed, same networks: the same episodes, Boltzmann draws and features, so the same td_loss and Q
     to the last bit through the random warm-up and the Boltzmann phase, with envs that never terminate and
-    envs that do (two vector envs) and, for qa3, the candidate stage."""
-    config = cpu_config(task=task, num_envs=8, train_num_sentences=50, random_transitions=32, warmup_updates=2,
-                        full_episode_share=0.25, **extra)
+    envs that do (two vector envs); for qa3 with the candidate stage, and for the full fine-tune build
+    (its text path)."""
+    settings = {"num_envs": 8, "train_num_sentences": 50, "random_transitions": 32, **extra}
+    config = cpu_config(task=task, warmup_updates=2, full_episode_share=0.25, **settings)
     baseline, learner = _pair(config, small_data_dir)
     assert len(learner.slots.groups) == 2
     finished = 0
-    for _ in range(4):
+    for _ in range(updates):
         old_batch, new_batch = baseline.rollout(), learner.rollout()
         assert torch.equal(old_batch.targets, new_batch.targets)
         assert old_batch.episode_success == new_batch.episode_success

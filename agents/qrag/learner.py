@@ -35,6 +35,7 @@ from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions_batch
 from qrag_gym.envs.retrieval import RetrievalEnv
+from qrag_gym.episode import Episode
 from qrag_gym.vector import RetrievalVectorEnv
 
 
@@ -163,9 +164,10 @@ class EnvSlots:
         self.size = len(envs)
         self.max_chunks = max(env.max_chunks for env in envs)  # NIAH variants differ: masks are padded to the widest
         self.max_steps = max(env.max_steps for env in envs)
+        # A vector env builds its slots by calling a factory; this one hands out the given envs in order.
         self.groups = [(RetrievalVectorEnv(partial(next, iter([envs[row] for row in rows])), len(rows),
                                            autoreset_mode="SameStep"), np.array(rows)) for rows in groups.values()]
-        self.episodes: list = [None] * self.size
+        self.episodes: list[Episode | None] = [None] * self.size
 
     def reset(self, seeds: list[int]) -> None:
         """Reset every slot, slot ``i`` with ``seeds[i]``."""
@@ -192,10 +194,6 @@ class EnvSlots:
                 for row, episode in zip(rows.tolist(), vector.episodes):
                     self.episodes[row] = episode
         return rewards, ended
-
-    def close(self) -> None:
-        for vector, _ in self.groups:
-            vector.close()
 
 
 class Learner:
