@@ -110,6 +110,7 @@ def test_env_slots_keep_the_given_env_order_across_groups(small_data_dir) -> Non
     slots = EnvSlots(envs)
     slots.reset([7, 8, 9, 10])
     assert [episode.question for episode in slots.episodes] == [env.question for env in envs]
-    assert [vector.unwrapped._never_terminate for vector, _ in slots.groups] == [True, False]
+    assert [rows.tolist() for _, rows in slots.groups] == [[0, 1], [2, 3]]
+    assert [envs[0].never_terminate, envs[2].never_terminate] == [True, False]
     masks = slots.action_masks()
     assert masks.shape == (4, envs[0].max_chunks) and masks[:, 0].all()
