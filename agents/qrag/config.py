@@ -19,7 +19,8 @@ from qrag_gym.tasks import NIAH_ALL, NIAH_PREFIX, family_of  # the one task tabl
 
 POSITIONS = ("relative", "none")
 
-_AT_LEAST_1 = ("adapter_hidden", "chunk_max_tokens", "state_piece_max_tokens", "train_num_sentences",
+_AT_LEAST_1 = ("adapter_hidden", "candidate_hidden", "candidate_heads", "candidate_layers", "chunk_max_tokens",
+               "state_piece_max_tokens", "train_num_sentences",
                "train_context_tokens", "max_steps", "num_envs", "rollout_steps", "top_k", "total_updates",
                "eval_every", "eval_episodes", "eval_num_sentences", "checkpoint_every")
 _AT_LEAST_0 = ("warmup_updates", "random_transitions", "per_fact_reward", "weight_decay", "alpha")
@@ -54,6 +55,14 @@ class QRAGConfig:
     position_step: float = 20.0
     position_span: float = 18.0
     integer_positions: bool = True
+    # --- candidate stage (issue 16; beyond the paper: agents/qrag/candidates.py) -----------------------------------
+    candidate_stage: bool = False
+    """False: faithful Q-RAG. True: a learned second stage over the top ``candidate_count`` chunks of Q that
+    sees the other candidates, their Q and their document order, and corrects their Q halves."""
+    candidate_count: int = 8
+    candidate_hidden: int = 64
+    candidate_heads: int = 4
+    candidate_layers: int = 2
     # --- environment ----------------------------------------------------------------------------
     task: str = "qa3"
     """qa1..qa5 (BABILong), ``niah:<variant>`` or ``niah:all`` (RULER, the variants mixed), ``hotpotqa``."""
@@ -117,6 +126,11 @@ class QRAGConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be positive")
         if not all(0 <= beta < 1 for beta in self.adam_betas):
             raise ConfigError(f"adam_betas={self.adam_betas!r}: each must be in [0, 1)")
+        if self.candidate_count < 2:
+            raise ConfigError(f"candidate_count={self.candidate_count!r}: must be at least 2 (the stage compares candidates)")
+        if self.candidate_hidden % self.candidate_heads:
+            raise ConfigError(f"candidate_hidden={self.candidate_hidden!r}: must be a multiple of "
+                              f"candidate_heads={self.candidate_heads!r}")
         if self.q_threshold != self.q_threshold:
             raise ConfigError("q_threshold is NaN")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qrag_agents.qrag.candidates import refine
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotate
@@ -77,15 +78,18 @@ def _positions(network: QNetwork, num_chunks: int, selected: list[int]) -> torch
 def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: str, chunks: tuple[str, ...],
                   selected: list[int], action_mask) -> torch.Tensor:
     """Q of every chunk in the current state (``-inf`` where masked): one state forward, one re-rotation
-    of every chunk, done ``CHUNK_BATCH`` rows at a time so the rotation's temporaries stay small."""
+    of every chunk, done ``CHUNK_BATCH`` rows at a time so the rotation's temporaries stay small. A model
+    with a candidate stage then corrects its top candidates (:func:`refine`, as in training)."""
     state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
     rho = _positions(network, len(chunks), selected)
-    q = torch.empty(len(chunks), dtype=torch.float32, device=network.device)
+    halves = torch.empty((len(chunks), 2), dtype=torch.float32, device=network.device)
     for start in range(0, len(chunks), CHUNK_BATCH):
         part = slice(start, start + CHUNK_BATCH)
-        q[part] = network.q_halves(state, chunk_embeddings[part], None if rho is None else rho[part]).sum(-1)
-    valid = torch.from_numpy(np.asarray(action_mask[: len(chunks)], dtype=bool)).to(q.device)
-    return q.masked_fill(~valid, -torch.inf)
+        halves[part] = network.q_halves(state, chunk_embeddings[part], None if rho is None else rho[part])
+    valid = torch.from_numpy(np.asarray(action_mask[: len(chunks)], dtype=bool)).to(halves.device)
+    halves, _ = refine(network, state, chunk_embeddings.unsqueeze(0), halves.unsqueeze(0),
+                       None if rho is None else rho.unsqueeze(0), valid.unsqueeze(0))
+    return halves[0].sum(-1).masked_fill(~valid, -torch.inf)
 
 
 def position_buckets(rho: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +120,14 @@ def rotation_bounds(state: np.ndarray, frequencies: np.ndarray, half_widths: np.
 @torch.no_grad()
 def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch.Tensor, question: str,
                    chunks: tuple[str, ...], selected: list[int], action_mask, k: int) -> ShortlistResult:
-    """The same argmax and max-Q as :func:`step_q_values`, from a faiss shortlist of ``k`` per position bucket."""
+    """The same argmax and max-Q as :func:`step_q_values`, from a faiss shortlist of ``k`` per position bucket.
+
+    Only for models without a candidate stage: the shortlist certifies the argmax of the base Q, which
+    the stage may overturn."""
+    if network.candidate_stage is not None:
+        raise ValueError("shortlist: the certified shortlist finds the base-Q argmax, but this model has a "
+                         "candidate stage (candidate_stage=true) that re-scores the top candidates; use the full "
+                         "scan (no shortlist) for it")
     state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])[0]
     rho = _positions(network, len(chunks), selected)
     state_np = state.cpu().numpy()

@@ -3,21 +3,40 @@
 Read it top to bottom: :func:`lambda_returns` is the paper's Algorithm 1; :class:`Learner` collects
 ``rollout_steps`` transitions from each of ``num_envs`` episodes with a Boltzmann policy over the
 top-k chunks, bootstraps with the soft value of EMA target networks, and regresses both Q halves.
+
+The rollout works on ids and preallocated tensors (issue 15, item 4): the episodes are stepped as
+:class:`~qrag_gym.vector.RetrievalVectorEnv` slots on arrays of chunk ids; each episode's chunks are
+encoded once, at its reset (one batched call for all slots that reset on a step), into padded
+``(B, max_chunks, d)`` buffers; positions are computed for the whole batch at once
+(:func:`~qrag_agents.qrag.rotary.relative_positions_batch`) and rotated once per step; in the adapter
+build a state is three tensors (question feature, sum of the selected chunks' features, their count)
+gathered by id, so neither the rollout nor the update touches a text after an episode's reset. The full
+fine-tune build (``finetune_encoder``, the GPU path) reads token ids of the state's text, so for it the
+rollout also keeps each transition's texts and the update encodes them (slower, as before).
+
+It plays exactly what the previous, per-episode learner played for the same seed (same episodes, same
+draws from the same generator, same features in the same order): ``tests/test_learner.py`` holds the two
+together update for update (the previous learner is kept, frozen, as the baseline of
+``benchmarks/studies/learner_speed.py``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
+from qrag_agents.qrag.candidates import candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
-from qrag_agents.qrag.rotary import relative_positions
+from qrag_agents.qrag.rotary import relative_positions_batch
 from qrag_gym.envs.retrieval import RetrievalEnv
+from qrag_gym.episode import Episode
+from qrag_gym.vector import RetrievalVectorEnv
 
 
 def lambda_returns(rewards: torch.Tensor, dones: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
@@ -62,73 +81,123 @@ def boltzmann_top_k(q: torch.Tensor, valid: torch.Tensor, alpha: float, top_k: i
     return index.gather(1, choice).squeeze(1)
 
 
+def summed_selected(features: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """Sum of the features ``(B, M, d)`` of each row's selected chunks ``(B, S)`` (ids in document order,
+    -1 padding last): ``(B, d)``.
+
+    Added one column at a time, in document order, as ``index_add`` adds a state's chunk features
+    (:meth:`QNetwork.embed_states`): the same float sums, so a state has the same E_s either way.
+    """
+    total = torch.zeros(features.shape[0], features.shape[-1], dtype=features.dtype, device=features.device)
+    for column in range(selected.shape[1]):
+        ids = selected[:, column]
+        picked = features.gather(1, ids.clamp(min=0).view(-1, 1, 1).expand(-1, 1, features.shape[-1])).squeeze(1)
+        total = torch.where((ids >= 0).unsqueeze(-1), total + picked, total)
+    return total
+
+
 @dataclass
-class Slot:
-    """One running episode: its env, the chunk embeddings computed at reset, what was selected."""
+class StateInputs:
+    """What the update needs to embed the states and actions of ``N`` transitions again, with gradients.
 
-    env: RetrievalEnv
-    chunks: torch.Tensor | None = None  # online E_a at episode start, (m, d)
-    target_chunks: torch.Tensor | None = None  # target E_a at episode start, (m, d)
-    selected: list[int] = field(default_factory=list)
-    episode_return: float = 0.0
+    Adapter build: ``question``, ``summed`` ``(N, d)``, ``count`` ``(N, 1)`` and the action chunks'
+    frozen features ``actions`` ``(N, d)``. Full build: the texts (``questions``, ``selected`` in document
+    order, ``action_texts``), since its encoders read token ids.
+    """
 
-    def positions(self, config: QRAGConfig) -> torch.Tensor:
-        rho = relative_positions(self.env.num_chunks, self.selected, config.position_step,
-                                 config.position_span, config.integer_positions)
-        return torch.from_numpy(rho).float()
+    question: torch.Tensor | None = None
+    summed: torch.Tensor | None = None
+    count: torch.Tensor | None = None
+    actions: torch.Tensor | None = None
+    questions: list[str] | None = None
+    selected: list[list[str]] | None = None
+    action_texts: list[str] | None = None
 
-    def state_texts(self) -> tuple[str, list[str]]:
-        chunks = self.env.chunks
-        return self.env.question, [chunks[i] for i in sorted(self.selected)]
+
+@dataclass
+class CandidateSets:
+    """The candidate set the online network's stage scored at each transition (``candidate_stage`` only).
+
+    The update scores the same set again, with gradients, so the Q it regresses is the Q the policy
+    acted on; an action outside the set (the random warm-up) keeps its base Q, as in acting.
+    """
+
+    index: torch.Tensor  # chunk ids, (transitions, M)
+    positions: torch.Tensor  # relative positions, (transitions, M)
+    valid: torch.Tensor  # (transitions, M) bool
+    action_column: torch.Tensor  # where the action sits in its set, -1 when outside, (transitions,)
+    features: torch.Tensor | None = None  # frozen chunk features, (transitions, M, d) (adapter build)
+    texts: list[str] | None = None  # chunk texts, (transitions * M) flat (full build)
 
 
 @dataclass
 class Batch:
     """Transitions of one rollout, flattened time-major for the update."""
 
-    questions: list[str]
-    selected: list[list[str]]
-    actions: list[str]
+    inputs: StateInputs
     positions: torch.Tensor
     targets: torch.Tensor
     episode_returns: list[float]
     episode_success: list[float]
+    candidates: CandidateSets | None = None
 
 
-@dataclass
-class StepTensors:
-    """The running episodes padded to one width: built once per step, shared by both networks."""
-
-    chunks: torch.Tensor  # online E_a, (B, M, d), on the networks' device
-    target_chunks: torch.Tensor  # target E_a, (B, M, d), on the networks' device
-    positions: torch.Tensor  # (B, M), CPU
-    valid: torch.Tensor  # (B, M) bool, CPU
-
-    @classmethod
-    def build(cls, slots: list[Slot], config: QRAGConfig) -> "StepTensors":
-        """Chunk embeddings padded on the networks' device; positions and masks on the CPU, where the
-        sampling generator and the returns live."""
-        width = max(slot.env.num_chunks for slot in slots)
-        chunks = nn.utils.rnn.pad_sequence([slot.chunks for slot in slots], batch_first=True)
-        target_chunks = nn.utils.rnn.pad_sequence([slot.target_chunks for slot in slots], batch_first=True)
-        positions = torch.zeros(len(slots), width)
-        valid = torch.zeros(len(slots), width, dtype=torch.bool)
-        for row, slot in enumerate(slots):
-            m = slot.env.num_chunks
-            positions[row, :m] = slot.positions(config)
-            valid[row, :m] = torch.from_numpy(slot.env.action_masks()[:m])
-        return cls(chunks, target_chunks, positions, valid)
+def step_settings(env: RetrievalEnv) -> tuple:
+    """The settings a :class:`RetrievalVectorEnv` applies to all its slots' steps (it reads them from its first
+    env): envs that agree on them can be stepped together, whatever episodes they draw."""
+    return (env.max_chunks, env.max_steps, env.reward_variant, env.penalize_extra_steps, env.never_terminate,
+            env.invalid_action_penalty, env.per_fact_reward)
 
 
-def slot_q_halves(network: QNetwork, slots: list[Slot], chunks: torch.Tensor, turn) -> torch.Tensor:
-    """Per-half Q of every chunk of every running episode: ``(B, M, 2)``."""
-    questions, selected = zip(*(slot.state_texts() for slot in slots))
-    states = network.embed_states(list(questions), list(selected))
-    return network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+class EnvSlots:
+    """The learner's ``B`` training envs stepped as slots of vector envs, in the order they were given.
+
+    Envs are grouped by :func:`step_settings` (e.g. the ``full_episode_share`` envs that never terminate and
+    the others), one :class:`RetrievalVectorEnv` per group built on the very env objects given, with
+    same-step autoreset: an ended slot is reset unseeded at once, continuing its env's random stream.
+    """
+
+    def __init__(self, envs: list[RetrievalEnv]) -> None:
+        groups: dict[tuple, list[int]] = {}
+        for row, env in enumerate(envs):
+            groups.setdefault(step_settings(env), []).append(row)
+        self.size = len(envs)
+        self.max_chunks = max(env.max_chunks for env in envs)  # NIAH variants differ: masks are padded to the widest
+        self.max_steps = max(env.max_steps for env in envs)
+        # A vector env builds its slots by calling a factory; this one hands out the given envs in order.
+        self.groups = [(RetrievalVectorEnv(partial(next, iter([envs[row] for row in rows])), len(rows),
+                                           autoreset_mode="SameStep"), np.array(rows)) for rows in groups.values()]
+        self.episodes: list[Episode | None] = [None] * self.size
+
+    def reset(self, seeds: list[int]) -> None:
+        """Reset every slot, slot ``i`` with ``seeds[i]``."""
+        for vector, rows in self.groups:
+            vector.reset(seed=[seeds[row] for row in rows])
+            for row, episode in zip(rows.tolist(), vector.episodes):
+                self.episodes[row] = episode
+
+    def action_masks(self) -> np.ndarray:
+        """``(B, max_chunks)`` chunks each slot may select (False past a narrower env's ``max_chunks``)."""
+        masks = np.zeros((self.size, self.max_chunks), dtype=bool)
+        for vector, rows in self.groups:
+            masks[rows, : vector.max_chunks] = vector.action_masks()
+        return masks
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step every slot; returns rewards and ends ``(B,)``. Ended slots are already reset (read
+        :attr:`episodes` for their new episodes)."""
+        rewards, ended = np.zeros(self.size), np.zeros(self.size, dtype=bool)
+        for vector, rows in self.groups:
+            _, reward, terminated, truncated, _ = vector.step(actions[rows])
+            rewards[rows], ended[rows] = reward, terminated | truncated
+            if ended[rows].any():
+                for row, episode in zip(rows.tolist(), vector.episodes):
+                    self.episodes[row] = episode
+        return rewards, ended
 
 
 class Learner:
-    """Owns the online and target networks, the optimiser and the running episodes."""
+    """Owns the online and target networks, the optimiser and the running episodes (slots)."""
 
     def __init__(self, config: QRAGConfig, envs: list[RetrievalEnv], online: QNetwork, target: QNetwork) -> None:
         self.config, self.online, self.target = config, online, target
@@ -140,8 +209,20 @@ class Learner:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.transitions = 0
         self.updates = 0
-        self.slots = [Slot(env) for env in envs]
-        self._start_episodes(self.slots, [config.seed + index for index in range(len(envs))])
+        self.texts = config.finetune_encoder  # the full build's encoders read token ids of texts
+        self.slots = EnvSlots(envs)
+        size, width, device = self.slots.size, self.slots.max_chunks, online.device
+        self.num_chunks = np.zeros(size, dtype=np.int64)
+        self.selected = np.full((size, self.slots.max_steps), -1, dtype=np.int64)  # selection order
+        self.num_selected = np.zeros(size, dtype=np.int64)
+        self.episode_return = np.zeros(size)
+        dim = online.dim
+        self.chunks = torch.zeros(size, width, dim, device=device)  # online E_a at episode start
+        self.target_chunks = torch.zeros(size, width, dim, device=device)  # target E_a at episode start
+        self.features = None if self.texts else torch.zeros(size, width, dim, device=device)  # frozen, by id
+        self.question = None if self.texts else torch.zeros(size, dim, device=device)
+        self.slots.reset([config.seed + index for index in range(size)])
+        self._start_episodes(np.arange(size))
 
     def _lr_factor(self, update: int) -> float:
         """Linear warm-up from 0, then linear decay to ``final_lr_ratio`` at ``total_updates``."""
@@ -157,70 +238,185 @@ class Learner:
         return self.config.alpha * self.scheduler.get_last_lr()[0] / self.config.lr
 
     @torch.no_grad()
-    def _start_episodes(self, slots: list[Slot], seeds: list[int | None] | None = None) -> None:
-        """Reset these episodes and embed all their chunks in one batched pass per network."""
-        for slot, seed in zip(slots, seeds or [None] * len(slots)):
-            slot.env.reset(seed=seed)
-            slot.selected, slot.episode_return = [], 0.0
-        texts = [text for slot in slots for text in slot.env.chunks]
-        sizes = [slot.env.num_chunks for slot in slots]
-        online, target = self.online.embed_chunks(texts).split(sizes), self.target.embed_chunks(texts).split(sizes)
-        for slot, chunks, target_chunks in zip(slots, online, target):
-            slot.chunks, slot.target_chunks = chunks, target_chunks
+    def _start_episodes(self, rows: np.ndarray) -> None:
+        """Load the new episodes of slots ``rows`` (already reset): all their chunks and questions are encoded in
+        one batched pass per network and written into those rows of the padded buffers."""
+        episodes = [self.slots.episodes[row] for row in rows.tolist()]
+        texts = [text for episode in episodes for text in episode.chunks]
+        sizes = [len(episode.chunks) for episode in episodes]
+        buffers = [self.chunks, self.target_chunks]
+        if self.texts:
+            values = [self.online.embed_chunks(texts), self.target.embed_chunks(texts)]
+        else:
+            features = self.online.chunk_features(texts)
+            values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features), features]
+            buffers.append(self.features)
+            self.question[rows] = self.online.chunk_features([episode.question for episode in episodes])
+        for buffer, value in zip(buffers, values):
+            for row, piece in zip(rows.tolist(), value.split(sizes)):  # row slices: faster than one indexed put
+                buffer[row, : len(piece)] = piece
+                buffer[row, len(piece):] = 0.0
+        self.num_chunks[rows] = sizes
+        self.selected[rows], self.num_selected[rows], self.episode_return[rows] = -1, 0, 0.0
+
+    def _document_order(self) -> np.ndarray:
+        """Each slot's selected ids in document order, -1 padding last ``(B, max_steps)``."""
+        beyond = np.iinfo(np.int64).max
+        ordered = np.sort(np.where(self.selected >= 0, self.selected, beyond), axis=1)
+        return np.where(ordered == beyond, -1, ordered)
+
+    def _state_texts(self, ordered: np.ndarray) -> tuple[list[str], list[list[str]]]:
+        """Questions and selected chunk texts (document order) of every slot (full build only)."""
+        episodes = self.slots.episodes
+        return ([episode.question for episode in episodes],
+                [[episodes[row].chunks[i] for i in ids if i >= 0] for row, ids in enumerate(ordered.tolist())])
+
+    def _states(self, network: QNetwork, inputs: tuple) -> torch.Tensor:
+        """E_s of every slot's state: from texts (full build) or from the three feature tensors (adapter build)."""
+        return network.embed_states(*inputs) if self.texts else network.adapt_states(*inputs)
+
+    def _q_halves(self, network: QNetwork, states: torch.Tensor, chunks: torch.Tensor, turn, positions: torch.Tensor,
+                  valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final per-half Q of every chunk of every slot ``(B, M, 2)`` (:func:`refine`: the base Q, corrected on
+        the candidates when the network has a candidate stage) and the candidate ids or None."""
+        base = network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+        return refine(network, states, chunks, base, positions, valid.to(base.device))
 
     @torch.no_grad()
     def rollout(self) -> Batch:
         """``rollout_steps`` steps of every episode; episodes carry over between rollouts."""
-        config = self.config
-        steps, width = config.rollout_steps, len(self.slots)
-        rewards, dones = torch.zeros(steps, width), torch.zeros(steps, width)
-        values = torch.zeros(steps + 1, width)
-        questions, selected, actions = [], [], []
-        positions = torch.zeros(steps, width)
+        config, device = self.config, self.online.device
+        steps, size, dim = config.rollout_steps, self.slots.size, self.online.dim
+        rewards, dones = torch.zeros(steps, size), torch.zeros(steps, size)
+        values = torch.zeros(steps + 1, size)
+        positions = torch.zeros(steps, size)
+        rows = torch.arange(size)
+        if self.texts:
+            inputs = StateInputs(questions=[], selected=[], action_texts=[])
+        else:
+            inputs = StateInputs(torch.zeros(steps, size, dim, device=device), torch.zeros(steps, size, dim, device=device),
+                                 torch.zeros(steps, size, 1, device=device), torch.zeros(steps, size, dim, device=device))
+        sets: list[tuple] = []
         returns, successes = [], []
         random_phase = self.transitions < config.random_transitions
         for t in range(steps + 1):
-            step = StepTensors.build(self.slots, config)
-            valid, rho = step.valid, step.positions
-            turn = self.online.rotation(rho.to(self.online.device))
+            width = int(self.num_chunks.max())
+            ordered = self._document_order()
+            rho = torch.from_numpy(relative_positions_batch(self.num_chunks, ordered, width, config.position_step,
+                                                            config.position_span, config.integer_positions)).float()
+            valid = torch.from_numpy(self.slots.action_masks()[:, :width])
+            rho_device = rho.to(device)
+            turn = self.online.rotation(rho_device)
+            if self.texts:
+                questions, selected = self._state_texts(ordered)
+                state_inputs: tuple = (questions, selected)
+            else:
+                summed = summed_selected(self.features, torch.from_numpy(ordered).to(device))
+                count = torch.from_numpy(self.num_selected / config.max_steps).float().unsqueeze(-1).to(device)
+                state_inputs = (self.question, summed, count)
             # Scores come back to the CPU, where the sampling generator and the returns live.
-            target_q = slot_q_halves(self.target, self.slots, step.target_chunks, turn).cpu()
-            values[t] = soft_value(target_q, valid, self.alpha, config.top_k)
-            if t == steps:
+            target_q, _ = self._q_halves(self.target, self._states(self.target, state_inputs), self.target_chunks[:, :width],
+                                         turn, rho_device, valid)
+            values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
+            if t == steps:  # the bootstrap state needs only its target value
                 break
-            online_q = slot_q_halves(self.online, self.slots, step.chunks, turn).cpu()
+            online_states = self._states(self.online, state_inputs)
+            online_q, candidates = self._q_halves(self.online, online_states, self.chunks[:, :width], turn, rho_device, valid)
+            online_q = online_q.cpu()
             if random_phase:
                 scores = torch.rand(valid.shape, generator=self.generator).masked_fill(~valid, -1.0)
                 chosen = scores.argmax(-1)
             else:
                 chosen = boltzmann_top_k(online_q.sum(-1), valid, self.alpha, config.top_k, self.generator)
-            finished = []
-            for row, slot in enumerate(self.slots):
-                action = int(chosen[row])
-                question, texts = slot.state_texts()
-                questions.append(question)
-                selected.append(texts)
-                actions.append(slot.env.chunks[action])
-                positions[t, row] = rho[row, action]
-                _, reward, terminated, truncated, info = slot.env.step(action)
-                slot.selected.append(action)
-                rewards[t, row], dones[t, row] = float(reward), float(terminated or truncated)
-                slot.episode_return += float(reward)
-                if terminated or truncated:
-                    returns.append(slot.episode_return)
-                    successes.append(float(set(info["supporting_ids"]) <= set(info["selected_order"])))
-                    finished.append(slot)
-            if finished:
+            positions[t] = rho[rows, chosen]
+            actions = chosen.numpy()
+            if self.texts:
+                inputs.questions.extend(questions)
+                inputs.selected.extend(selected)
+                inputs.action_texts.extend(episode.chunks[a] for episode, a in zip(self.slots.episodes, actions.tolist()))
+            else:
+                inputs.question[t], inputs.summed[t], inputs.count[t] = self.question, summed, count
+                inputs.actions[t] = self.features[rows.to(device), chosen.to(device)]
+            if candidates is not None:
+                sets.append(self._candidate_set(candidates.cpu(), rho, chosen))
+            self.selected[np.arange(size), self.num_selected] = actions
+            self.num_selected += 1
+            playing = list(self.slots.episodes)  # ended slots are reset within the step
+            reward, ended = self.slots.step(actions)
+            rewards[t], dones[t] = torch.from_numpy(reward).float(), torch.from_numpy(ended).float()
+            self.episode_return += reward
+            finished = np.flatnonzero(ended)
+            for row in finished.tolist():
+                returns.append(float(self.episode_return[row]))
+                picked = set(self.selected[row, : self.num_selected[row]].tolist())
+                successes.append(float(set(playing[row].supporting_ids) <= picked))
+            if len(finished):
                 self._start_episodes(finished)
-        self.transitions += steps * width
+        self.transitions += steps * size
         targets = lambda_returns(rewards, dones, values, config.gamma, config.lam)
-        return Batch(questions, selected, actions, positions.reshape(-1), targets.reshape(-1), returns, successes)
+        if not self.texts:
+            inputs = StateInputs(inputs.question.reshape(-1, dim), inputs.summed.reshape(-1, dim),
+                                 inputs.count.reshape(-1, 1), inputs.actions.reshape(-1, dim))
+        return Batch(inputs, positions.reshape(-1), targets.reshape(-1), returns, successes,
+                     self._candidate_sets(sets) if sets else None)
+
+    def _candidate_set(self, index: torch.Tensor, rho: torch.Tensor, chosen: torch.Tensor) -> tuple:
+        """One step's candidate sets: :func:`refine`'s ids (-1 past the available chunks: stored as copies of the
+        best one, marked invalid, as :func:`refine` scores them), their positions, and where the action sits."""
+        real = index >= 0
+        index = torch.where(real, index, index[:, :1])
+        hits = (index == chosen.unsqueeze(1)) & real
+        column = torch.where(hits.any(1), hits.int().argmax(1), torch.full_like(chosen, -1))
+        if self.texts:
+            episodes = self.slots.episodes
+            found = [episodes[row].chunks[i] for row, ids in enumerate(index.tolist()) for i in ids]
+        else:
+            device = self.features.device
+            found = self.features.gather(1, index.to(device).unsqueeze(-1).expand(-1, -1, self.features.shape[-1]))
+        return index, rho.gather(1, index), real, column, found
+
+    def _candidate_sets(self, sets: list[tuple]) -> CandidateSets:
+        """The rollout's candidate sets, time-major like the batch."""
+        index, positions, valid, column, found = zip(*sets)
+        cat = partial(torch.cat, dim=0)
+        if self.texts:
+            return CandidateSets(cat(index), cat(positions), cat(valid), cat(column),
+                                 texts=[text for step in found for text in step])
+        return CandidateSets(cat(index), cat(positions), cat(valid), cat(column), features=cat(found))
+
+    def _candidate_q(self, states: torch.Tensor, action_q: torch.Tensor, sets: CandidateSets) -> torch.Tensor:
+        """The final Q halves of each taken action: its base Q plus the stage's correction, scored within the
+        candidate set it was taken from (none where the action was outside its set).
+
+        The other candidates' chunk vectors enter as features without gradient (the chunk adapter learns
+        through the actions, as in faithful Q-RAG): that keeps the update's cost near the faithful one.
+        """
+        device = self.online.device
+        count = sets.index.shape[1]
+        with torch.no_grad():
+            if self.texts:
+                chunks = self.online.embed_chunks(sets.texts).view(len(states), count, -1)
+            else:
+                chunks = self.online.adapt_chunks(sets.features.reshape(-1, sets.features.shape[-1])).view(len(states), count, -1)
+        positions = sets.positions.to(device)
+        base = self.online.q_halves(states.unsqueeze(1), chunks, positions)
+        delta = candidate_delta(self.online, states, chunks, base, positions, sets.index.to(device), sets.valid.to(device))
+        column = sets.action_column.to(device)
+        picked = delta.gather(1, column.clamp(min=0).view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
+        return action_q + picked * (column >= 0).unsqueeze(-1)
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on the batch: MSE of ``2 Q_h`` toward ``G`` for both halves."""
-        states = self.online.embed_states(batch.questions, batch.selected)
-        chunks = self.online.embed_chunks(batch.actions)
+        inputs = batch.inputs
+        if self.texts:
+            states = self.online.embed_states(inputs.questions, inputs.selected)
+            chunks = self.online.embed_chunks(inputs.action_texts)
+        else:
+            states = self.online.adapt_states(inputs.question, inputs.summed, inputs.count)
+            chunks = self.online.adapt_chunks(inputs.actions)
         q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))
+        if batch.candidates is not None:
+            q = self._candidate_q(states, q, batch.candidates)
         targets = batch.targets.to(q.device)
         loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
         self.optimizer.zero_grad(set_to_none=True)

@@ -6,8 +6,11 @@
   (measured here: a state that starts as the bare question never saw a reward on qa2).
 - Full build (the paper, for GPUs): two trainable copies of an HF encoder, mean pooled and scaled.
 
-Both take texts, so the learner is the same code for both. The embedding is split into two halves,
-each giving its own Q estimate; acting uses their sum.
+Both take texts (what acting uses). The adapter build also exposes the frozen features and the adapters
+on them (:meth:`QNetwork.chunk_features`, :meth:`QNetwork.adapt_chunks`, :meth:`QNetwork.adapt_states`),
+which the learner uses to roll out on chunk ids and tensors; the full build keeps a text path there. The embedding is split into two halves,
+each giving its own Q estimate; acting uses their sum. With ``candidate_stage`` on, a second stage
+(:mod:`qrag_agents.qrag.candidates`, beyond the paper) corrects the Q halves of the top candidates.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from qrag_agents.qrag.candidates import CandidateStage
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
 from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model, token_ids
@@ -52,6 +56,8 @@ class QNetwork(nn.Module):
             )
         self.dim = dim
         self.register_buffer("frequencies", rotary_frequencies(dim // 2), persistent=False)
+        # Built last, and only when asked for, so faithful models draw the same initial weights as before.
+        self.candidate_stage = CandidateStage(dim, config) if config.candidate_stage else None
 
     @property
     def device(self) -> torch.device:
@@ -83,7 +89,15 @@ class QNetwork(nn.Module):
             cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
             pieces = self._piece_ids(texts, self.config.chunk_max_tokens)
             return self._encode_full(self.chunk_encoder, [[cls_id, *p, sep_id] for p in pieces])
-        features = self._features(texts)
+        return self.adapt_chunks(self.chunk_features(texts))
+
+    def chunk_features(self, texts: list[str]) -> torch.Tensor:
+        """The frozen encoder's features of ``texts`` ``(n, d)`` (adapter build): what the learner keeps per
+        episode and gathers by chunk id, so no text is looked up again within an episode."""
+        return self._features(texts)
+
+    def adapt_chunks(self, features: torch.Tensor) -> torch.Tensor:
+        """E_a from frozen features ``(..., d)`` (adapter build): ``normalize(e + MLP(e))``."""
         return nn.functional.normalize(features + self.chunk_adapter(features), dim=-1)
 
     def embed_states(self, questions: list[str], selected: list[list[str]]) -> torch.Tensor:
@@ -97,6 +111,12 @@ class QNetwork(nn.Module):
             owner = torch.tensor([row for row, texts in enumerate(selected) for _ in texts], device=self.device)
             summed = summed.index_add(0, owner, self._features(flat))
         count = torch.tensor([[len(s) / self.config.max_steps] for s in selected], device=self.device)
+        return self.adapt_states(question, summed, count)
+
+    def adapt_states(self, question: torch.Tensor, summed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """E_s from the three tensors that fully describe an adapter-build state: the question's feature
+        ``(n, d)``, the sum of the selected chunks' features ``(n, d)`` and their count over ``max_steps``
+        ``(n, 1)``. The learner keeps these per transition instead of texts."""
         base = nn.functional.normalize(question + summed, dim=-1)
         return base + self.state_adapter(torch.cat([question, summed, base, count], dim=-1))
 
@@ -114,12 +134,12 @@ class QNetwork(nn.Module):
         return states
 
     # ----- scoring -------------------------------------------------------------------------------
-    def rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The rotation for chunk ``positions``, or None when this model uses no positions."""
+    def rotation(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The rotation (complex phases) for chunk ``positions``, or None when this model uses no positions."""
         return rotation(positions, self.frequencies) if self.config.positions == "relative" else None
 
     def q_halves(self, states: torch.Tensor, chunks: torch.Tensor, positions: torch.Tensor | None = None,
-                 turn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 turn: torch.Tensor | None = None) -> torch.Tensor:
         """Per-half Q values ``(..., 2)`` of chunks ``(..., d)`` at ``positions`` for states ``(..., d)``.
 
         ``states`` broadcasts against ``chunks`` (e.g. ``(B, 1, d)`` against ``(B, M, d)``). Pass
@@ -128,7 +148,6 @@ class QNetwork(nn.Module):
         if turn is None and positions is not None:
             turn = self.rotation(positions)
         if turn is not None:
-            chunks = apply_rotation(chunks, *turn)
+            chunks = apply_rotation(chunks, turn)
         products = states * chunks
-        half = self.dim // 2
-        return torch.stack((products[..., :half].sum(-1), products[..., half:].sum(-1)), dim=-1)
+        return products.unflatten(-1, (2, self.dim // 2)).sum(-1)  # each half summed as its own run

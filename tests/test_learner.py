@@ -1,0 +1,116 @@
+"""The id-and-tensor learner (issue 15, item 4) plays and learns exactly what the per-episode learner did.
+
+The previous learner is kept, frozen, as the baseline of ``benchmarks/studies/learner_speed.py``; these
+tests hold the two together update for update on real data, and check the batched pieces (positions,
+summed features) against the per-episode functions they replace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qrag_agents.qrag.config import cpu_config
+from qrag_agents.qrag.learner import EnvSlots, Learner, summed_selected
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.rotary import relative_positions, relative_positions_batch
+from qrag_agents.qrag.train import make_train_envs
+from qrag_benchmarks.studies.baseline_learner import Learner as BaselineLearner, _today_q_halves
+from qrag_gym.embedding import shared_embedder
+
+
+def test_batched_positions_equal_the_per_episode_ones_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    for integer in (False, True):
+        num_chunks = rng.integers(1, 40, size=32)
+        selected = np.full((32, 6), -1)
+        for row, n in enumerate(num_chunks):
+            picks = rng.choice(n, size=rng.integers(0, min(n, 6) + 1), replace=False)
+            selected[row, : len(picks)] = picks
+        batch = relative_positions_batch(num_chunks, selected, 45, 20.0, 18.0, integer)
+        for row, n in enumerate(num_chunks):
+            expected = relative_positions(int(n), selected[row][selected[row] >= 0], 20.0, 18.0, integer)
+            assert np.array_equal(batch[row, :n], expected)
+            assert not batch[row, n:].any()
+
+
+def test_summed_selected_equals_index_add_in_document_order() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(3, 10, 8)
+    ordered = torch.tensor([[1, 4, 9], [-1, -1, -1], [0, 7, -1]])
+    expected = torch.zeros(3, 8)
+    for row, ids in enumerate(ordered.tolist()):
+        real = [i for i in ids if i >= 0]
+        expected[row] = torch.zeros(1, 8).index_add(0, torch.zeros(len(real), dtype=torch.long), features[row, real])[0]
+    assert torch.equal(summed_selected(features, ordered), expected)
+
+
+@pytest.fixture(scope="module")
+def network(data_dir) -> QNetwork:
+    torch.manual_seed(0)
+    return QNetwork(cpu_config(), shared_embedder("default"))
+
+
+def test_complex_rotation_scores_equal_the_cos_sin_formula_bit_for_bit(network: QNetwork) -> None:
+    """The one-pass complex rotation and per-half sums of :meth:`QNetwork.q_halves` give the very floats of
+    the cos/sin products and slice sums they replaced, with and without gradients."""
+    torch.manual_seed(1)
+    states = torch.randn(5, network.dim)
+    chunks = torch.randn(5, 30, network.dim, requires_grad=True)
+    positions = torch.rand(5, 30) * 120
+    new = network.q_halves(states.unsqueeze(1), chunks, positions)
+    old = _today_q_halves(network, states.unsqueeze(1), chunks, positions)
+    assert torch.equal(new, old)
+    (new_grad,), (old_grad,) = (torch.autograd.grad(q.sum(), chunks) for q in (new, old))
+    assert torch.allclose(new_grad, old_grad, atol=1e-6)
+    assert torch.equal(network.q_halves(states.unsqueeze(1), chunks, turn=network.rotation(positions)), new)
+
+
+def _pair(config, data_dir):
+    embedder = None if config.finetune_encoder else shared_embedder(config.encoder, config.chunk_max_tokens)
+    learners = []
+    for cls in (BaselineLearner, Learner):
+        torch.manual_seed(config.seed)
+        online, target = QNetwork(config, embedder), QNetwork(config, embedder)
+        learners.append(cls(config, make_train_envs(config, str(data_dir)), online, target))
+    return learners
+
+
+FULL_BUILD = {"finetune_encoder": True, "num_envs": 4, "train_num_sentences": 20, "random_transitions": 0}
+
+
+@pytest.mark.parametrize("task, extra, updates", [("qa2", {}, 4), ("qa3", {"candidate_stage": True}, 4),
+                                                  ("qa2", FULL_BUILD, 2)])
+def test_learner_matches_the_per_episode_learner_update_for_update(small_data_dir, single_thread, task, extra,
+                                                                    updates) -> None:
+    """Same seed, same networks: the same episodes, Boltzmann draws and features, so the same td_loss and Q
+    to the last bit through the random warm-up and the Boltzmann phase, with envs that never terminate and
+    envs that do (two vector envs); for qa3 with the candidate stage, and for the full fine-tune build
+    (its text path)."""
+    settings = {"num_envs": 8, "train_num_sentences": 50, "random_transitions": 32, **extra}
+    config = cpu_config(task=task, warmup_updates=2, full_episode_share=0.25, **settings)
+    baseline, learner = _pair(config, small_data_dir)
+    assert len(learner.slots.groups) == 2
+    finished = 0
+    for _ in range(updates):
+        old_batch, new_batch = baseline.rollout(), learner.rollout()
+        assert torch.equal(old_batch.targets, new_batch.targets)
+        assert old_batch.episode_success == new_batch.episode_success
+        assert old_batch.episode_returns == new_batch.episode_returns
+        finished += len(new_batch.episode_success)
+        old, new = baseline.update(old_batch), learner.update(new_batch)
+        assert old == new
+    assert finished > 0  # episodes ended and slots were reset within rollouts
+
+
+def test_env_slots_keep_the_given_env_order_across_groups(small_data_dir) -> None:
+    config = cpu_config(task="qa1", num_envs=4, train_num_sentences=50, full_episode_share=0.5)
+    envs = make_train_envs(config, str(small_data_dir))
+    slots = EnvSlots(envs)
+    slots.reset([7, 8, 9, 10])
+    assert [episode.question for episode in slots.episodes] == [env.question for env in envs]
+    assert [rows.tolist() for _, rows in slots.groups] == [[0, 1], [2, 3]]
+    assert [envs[0].never_terminate, envs[2].never_terminate] == [True, False]
+    masks = slots.action_masks()
+    assert masks.shape == (4, envs[0].max_chunks) and masks[:, 0].all()
