@@ -94,7 +94,7 @@ class Batch:
     targets: torch.Tensor
     episode_returns: list[float]
     episode_success: list[float]
-    candidates: "CandidateSets | None" = None
+    candidates: CandidateSets | None = None
 
 
 @dataclass

@@ -36,8 +36,10 @@ width 64, 4 heads). qa1 is a shorter check (800 updates each, both runs made for
 The paired column compares each row with the task's first row on the same 1,000 episodes (mean of the
 per-episode differences, normal 95% interval). s/update is wall time on a machine shared with other jobs
 (load 5-10 on 2 cores during the `cand` and qa1 runs, against 4 runs on 2 cores for the baselines), so it
-is not comparable across rows; measured back to back on the same machine, 5 qa2 updates took 1.55 s each
-with the stage against 1.17 s without (+32%, most of it the second stage in rollouts and the update).
+is not comparable across rows. Measured back to back on the idle machine (one process, one thread, 15
+updates each after one warm-up, random phase off): qa2 0.48 s/update faithful against 0.67 with the stage
+(+38%), qa3 0.88 against 1.31 (+49%); in the issue's 30 minutes a qa3 run with the stage gets about
+1,370 updates, not 2,000.
 
 Reading:
 - Against faithful Q-RAG the stage wins clearly on both tasks: qa2 success@k +0.115 / +0.109 (paired,
@@ -53,7 +55,7 @@ Reading:
 - Neither reaches the issue's targets on qa3 (success@k 0.77, F1 0.90, answer 0.89); qa2 reaches
   F1 and answer accuracy >= 0.95 at 1K and 4K (validation stories; the test split and 32K/128K were not run).
 - Adoption into `cpu_config`: not done here. For: clear wins over faithful Q-RAG on qa2/qa3, none lost on qa1.
-  Against: about 30% more time per update, qa4/qa5 unmeasured, and the certified shortlist
+  Against: 40-50% more time per update, qa4/qa5 unmeasured, and the certified shortlist
   (`--shortlist`, used at 1M/10M tokens) cannot serve a model with the stage (it certifies the base-Q
   argmax; `shortlist_step` refuses such a model), so retrained qa2/qa3 models would lose the 1M/10M path.
   Recommended: adopt for qa2/qa3 (`CPU_TASK_TUNING`) once the shortlist certifies the top
