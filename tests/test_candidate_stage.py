@@ -1,0 +1,183 @@
+"""Q-RAG's candidate stage (``candidate_stage=true``, issue 16): off it changes nothing, on it can learn
+"the later of two identical facts", acting and the update read the same Q, and it saves and loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qrag_agents.qrag.agent import QRAGAgent
+from qrag_agents.qrag.candidates import candidate_delta, refine
+from qrag_agents.qrag.checkpoint import CheckpointError, load_model, save_model
+from qrag_agents.qrag.config import ConfigError, cpu_config
+from qrag_agents.qrag.inference import embed_document, shortlist_step, step_q_values
+from qrag_agents.qrag.learner import Learner, summed_selected
+from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.pretrained import pretrained_folder
+from qrag_agents.qrag.rotary import relative_positions, relative_positions_batch
+from qrag_agents.qrag.train import make_train_envs, train
+from qrag_gym.embedding import shared_embedder
+from qrag_gym.envs.babilong import BabilongEnv
+from qrag_gym.evaluation import Cell, make_eval_env, run_cell, summarize
+from qrag_agents.qrag.shortlist import ChunkIndex
+
+FACTS = ["Mary moved to the bathroom.", "John went to the hallway.", "Daniel travelled to the office.",
+         "Sandra journeyed to the garden.", "John picked up the football.", "Mary got the milk there.",
+         "Daniel dropped the apple.", "Sandra went back to the kitchen.", "John put down the football.",
+         "Mary travelled to the bedroom.", "Daniel grabbed the apple there.", "Sandra moved to the office."]
+
+
+def stage_network(seed: int = 0, **overrides) -> QNetwork:
+    torch.manual_seed(seed)
+    return QNetwork(cpu_config(candidate_stage=True, **overrides), shared_embedder("default"))
+
+
+def test_config_rejects_a_stage_that_cannot_compare() -> None:
+    with pytest.raises(ConfigError, match="candidate_count=1"):
+        cpu_config(candidate_count=1)
+    with pytest.raises(ConfigError, match="candidate_hidden=30"):
+        cpu_config(candidate_hidden=30, candidate_heads=4)
+
+
+def test_stage_off_scores_exactly_as_faithful_q_rag(data_dir) -> None:
+    """A shipped model (its config.json predates the stage) and a fresh stage-off network both score every
+    chunk with the faithful formula, bit for bit; a new stage starts at the faithful model too."""
+    shipped = load_model(pretrained_folder("qa2"))
+    assert shipped.candidate_stage is None
+    env = make_eval_env("qa2", 1_000, "validation")
+    _, info = env.reset(seed=3)
+    base = env.unwrapped
+    chunks = embed_document(shipped, base.chunks)
+    selected = [int(info["supporting_ids"][0])]
+    mask = np.ones(len(base.chunks), dtype=bool)
+    mask[selected] = False
+    q = step_q_values(shipped, chunks, base.question, base.chunks, selected, mask)
+    with torch.no_grad():
+        state = shipped.embed_states([base.question], [[base.chunks[i] for i in selected]])
+        config = shipped.config
+        rho = torch.from_numpy(relative_positions(len(base.chunks), selected, config.position_step, config.position_span,
+                                                  config.integer_positions)).float()
+        faithful = shipped.q_halves(state, chunks, rho).sum(-1).masked_fill(~torch.from_numpy(mask), -torch.inf)
+    assert torch.equal(q, faithful)
+
+    torch.manual_seed(0)
+    off = QNetwork(cpu_config(), shared_embedder("default"))
+    on = stage_network(0)
+    assert all(torch.equal(value, on.state_dict()[name]) for name, value in off.state_dict().items())
+    assert any(name.startswith("candidate_stage.") for name in on.state_dict())
+    assert torch.equal(step_q_values(on, chunks, base.question, base.chunks, selected, mask),
+                       step_q_values(off, chunks, base.question, base.chunks, selected, mask))
+
+
+def later_of_two_batch(network: QNetwork, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
+    """``size`` candidate sets of real bAbI sentences in which one sentence appears twice (at two chunk ids):
+    the target corrects the later copy up by 0.1 and the earlier one down by 0.1, the others by 0."""
+    count = network.config.candidate_count
+    with torch.no_grad():
+        vectors = network.embed_chunks(FACTS)
+        states = network.embed_states(["Where is the football?"] * size, [[]] * size)
+    picks = np.stack([rng.choice(len(FACTS), count - 1, replace=False) for _ in range(size)])
+    picks = np.concatenate([picks, picks[:, :1]], axis=1)  # the last slot repeats the first sentence
+    index = torch.from_numpy(np.stack([rng.choice(60, count, replace=False) for _ in range(size)]))
+    chunks = vectors[torch.from_numpy(picks)]
+    positions = index.float() * 0.9
+    with torch.no_grad():
+        base = network.q_halves(states.unsqueeze(1), chunks, positions)
+    later_is_last = index[:, -1] > index[:, 0]
+    target = torch.zeros(size, count)
+    target[:, -1] = torch.where(later_is_last, 0.1, -0.1)
+    target[:, 0] = -target[:, -1]
+    return states, chunks, base, positions, index, target
+
+
+def test_stage_learns_to_prefer_the_later_of_two_identical_candidates(data_dir) -> None:
+    """Without positions the two copies get the same base Q; only the stage (document-order rank) can tell them apart."""
+    network = stage_network(1, positions="none")
+    stage = network.candidate_stage
+    optimizer = torch.optim.Adam(stage.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    valid = torch.ones(64, network.config.candidate_count, dtype=torch.bool)
+    for _ in range(150):
+        states, chunks, base, positions, index, target = later_of_two_batch(network, rng, 64)
+        delta = candidate_delta(network, states, chunks, base, positions, index, valid).sum(-1)
+        loss = torch.nn.functional.mse_loss(delta, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    states, chunks, base, positions, index, _ = later_of_two_batch(network, np.random.default_rng(1), 64)
+    with torch.no_grad():
+        final = (base + candidate_delta(network, states, chunks, base, positions, index, valid)).sum(-1)
+    later_wins = torch.where(index[:, -1] > index[:, 0], final[:, -1] > final[:, 0], final[:, 0] > final[:, -1])
+    assert torch.equal(base[:, 0], base[:, -1])  # the two copies are indistinguishable to faithful Q-RAG
+    assert later_wins.float().mean() >= 0.95
+
+
+def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir) -> None:
+    """The learner's update re-scores an action inside the candidate set it was taken from and gets the
+    final Q :func:`refine` gave it while acting; an action outside the set keeps its base Q."""
+    config = cpu_config(task="qa2", candidate_stage=True, num_envs=1, train_num_sentences=30)
+    embedder = shared_embedder("default")
+    torch.manual_seed(0)
+    online, target = QNetwork(config, embedder), QNetwork(config, embedder)
+    with torch.no_grad():  # a stage that already corrects, so agreement is not 0 == 0
+        for parameter in online.candidate_stage.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    learner = Learner(config, make_train_envs(config, str(small_data_dir)), online, target)
+    width = int(learner.num_chunks[0])
+    ordered = learner._document_order()
+    rho = torch.from_numpy(relative_positions_batch(learner.num_chunks, ordered, width, config.position_step,
+                                                    config.position_span, config.integer_positions)).float()
+    valid = torch.from_numpy(learner.slots.action_masks()[:, :width])
+    count = torch.zeros(1, 1)
+    with torch.no_grad():
+        states = learner._states(online, (learner.question, summed_selected(learner.features, torch.from_numpy(ordered)), count))
+        final, ids = learner._q_halves(online, states, learner.chunks[:, :width], online.rotation(rho), rho, valid)
+        base = online.q_halves(states.unsqueeze(1), learner.chunks[:, :width], rho)
+    assert not torch.allclose(final, base)
+    inside, outside = int(ids[0, 2]), int(next(i for i in range(width) if i not in ids[0].tolist()))
+    sets = learner._candidate_sets([learner._candidate_set(ids, rho, torch.tensor([action])) for action in (inside, outside)])
+    with torch.no_grad():
+        action_q = online.q_halves(states.expand(2, -1), learner.chunks[0, [inside, outside]], rho[0, [inside, outside]])
+        scored = learner._candidate_q(states.expand(2, -1), action_q, sets)
+    assert torch.allclose(scored[0], final[0, inside], atol=1e-5)
+    assert torch.equal(scored[1], action_q[1]) and torch.allclose(scored[1], final[0, outside], atol=1e-5)
+
+
+def test_stage_checkpoint_round_trip_and_shortlist_refusal(tmp_path, data_dir) -> None:
+    network = stage_network(2)
+    with torch.no_grad():
+        for parameter in network.candidate_stage.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    save_model(network, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert loaded.config.candidate_stage and loaded.candidate_stage is not None
+    chunks = embed_document(network, tuple(FACTS))
+    mask = np.ones(len(FACTS), dtype=bool)
+    args = ("Where is the football?", tuple(FACTS), [4], mask)
+    assert torch.equal(step_q_values(network, chunks, *args), step_q_values(loaded, embed_document(loaded, tuple(FACTS)), *args))
+    faithful = (tmp_path / "model" / "config.json").read_text().replace('"candidate_stage": true', '"candidate_stage": false')
+    (tmp_path / "model" / "config.json").write_text(faithful)
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        load_model(tmp_path / "model")
+    with pytest.raises(ValueError, match="candidate stage"):
+        shortlist_step(network, ChunkIndex(chunks.numpy()), chunks, *args, k=4)
+
+
+@pytest.mark.slow
+def test_short_training_with_the_stage_on_qa1_beats_random(small_data_dir, tmp_path) -> None:
+    """The same short real run as faithful Q-RAG's test (tests/test_qrag.py), with the stage on."""
+    config = cpu_config(task="qa1", candidate_stage=True, train_num_sentences=50, eval_num_sentences=50, num_envs=32,
+                        total_updates=120, warmup_updates=10, eval_every=1000, eval_episodes=100, random_transitions=128)
+    metrics = train(config, tmp_path / "run", data_dir=str(small_data_dir), show_progress=False)
+    env = BabilongEnv(task="qa1", num_sentences=50, split="validation", never_terminate=True, data_dir=str(small_data_dir))
+    rng = np.random.default_rng(0)
+    random_success = []
+    for seed in range(100):
+        _, info = env.reset(seed=10_000 + seed)
+        random_success.append(float(rng.choice(env.num_chunks) in info["supporting_ids"]))
+    assert metrics["success_at_k"] >= 0.6 > np.mean(random_success) + 0.4
+    loaded = load_model(tmp_path / "run" / "model")
+    assert any(float(p.abs().max()) > 0 for p in loaded.candidate_stage.out.parameters())  # the stage trained
+    agent = QRAGAgent(model=str(tmp_path / "run" / "model"))
+    assert summarize(run_cell(Cell("qrag", "qa1", "50s", None, 0, 20), agent, env))["success_at_k"] >= 0.5
