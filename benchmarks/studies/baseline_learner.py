@@ -15,7 +15,6 @@ chunks, bootstraps with the soft value of EMA target networks, and regresses bot
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 
 from qrag_agents.qrag.candidates import candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
+from qrag_agents.qrag.learner import boltzmann_top_k, lambda_returns, soft_value  # unchanged by item 4
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions
 from qrag_gym.envs.retrieval import RetrievalEnv
@@ -51,48 +51,6 @@ def _today_q_halves(network: QNetwork, states: torch.Tensor, chunks: torch.Tenso
     products = states * chunks
     half = network.dim // 2
     return torch.stack((products[..., :half].sum(-1), products[..., half:].sum(-1)), dim=-1)
-
-
-def lambda_returns(rewards: torch.Tensor, dones: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
-    """Targets ``G_t`` for ``T`` transitions (rows) of ``B`` episodes (columns), Algorithm 1 of the paper.
-
-    ``values`` has ``T + 1`` rows: ``values[t]`` is the soft target value of the state in which
-    transition ``t`` was taken, and ``values[T]`` that of the state after the last transition.
-    ``G_{T-1} = r_{T-1} + g m_{T-1} v_T``; ``G_t = r_t + g m_t ((1 - lam) v_{t+1} + lam G_{t+1})``.
-    """
-    steps = rewards.shape[0]
-    if values.shape[0] != steps + 1:
-        raise ValueError(f"need {steps + 1} rows of values for {steps} transitions, got {values.shape[0]}")
-    not_done = 1.0 - dones.float()
-    returns = torch.zeros_like(rewards)
-    returns[-1] = rewards[-1] + gamma * not_done[-1] * values[-1]
-    for t in range(steps - 2, -1, -1):
-        mixed = (1 - lam) * values[t + 1] + lam * returns[t + 1]
-        returns[t] = rewards[t] + gamma * not_done[t] * mixed
-    return returns
-
-
-def soft_value(q_halves: torch.Tensor, valid: torch.Tensor, alpha: float, top_k: int) -> torch.Tensor:
-    """``V = sum_h alpha * logsumexp(Q_h / alpha)`` over each half's top-k available chunks."""
-    masked = q_halves.masked_fill(~valid.unsqueeze(-1), -math.inf)
-    k = min(top_k, masked.shape[-2])
-    best = masked.topk(k, dim=-2).values
-    alpha = max(alpha, 1e-6)
-    finite = torch.isfinite(best)
-    scaled = torch.where(finite, best / alpha, torch.full_like(best, -math.inf))
-    value = alpha * torch.logsumexp(scaled, dim=-2)
-    return torch.where(finite.any(-2), value, torch.zeros_like(value)).sum(-1)
-
-
-def boltzmann_top_k(q: torch.Tensor, valid: torch.Tensor, alpha: float, top_k: int, generator: torch.Generator) -> torch.Tensor:
-    """Sample one action per row from softmax(Q / alpha) restricted to the top-k available chunks."""
-    masked = q.masked_fill(~valid, -math.inf)
-    k = min(top_k, masked.shape[-1])
-    best, index = masked.topk(k, dim=-1)
-    logits = (best - best[:, :1]) / max(alpha, 1e-6)
-    probs = torch.softmax(logits.masked_fill(~torch.isfinite(best), -math.inf), dim=-1)
-    choice = torch.multinomial(probs, 1, generator=generator)
-    return index.gather(1, choice).squeeze(1)
 
 
 @dataclass
