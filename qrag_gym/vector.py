@@ -101,9 +101,7 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         self.single_observation_space = first.observation_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.max_chunks, self.max_steps = first.max_chunks, first.max_steps
-        self._reward_variant, self._penalize_extra_steps = first.reward_variant, first.penalize_extra_steps
-        self._never_terminate = first.never_terminate
-        self._invalid_penalty, self._per_fact_reward = first.invalid_action_penalty, first.per_fact_reward
+        self._step_outcome = first.step_outcome  # every slot is built with the same settings: one set of rules
 
         n, chunks = self.num_envs, self.max_chunks
         self._rows = np.arange(n)
@@ -257,23 +255,18 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         valid = live & (self._mask[rows, index] == 1)
         self._invalid = live & ~valid
         self._steps += live
-        rewards = np.where(self._invalid, self._invalid_penalty, 0.0)
         chosen_rows, chosen = rows[valid], index[valid]
         self._selected[chosen_rows, self._num_selected[valid]] = chosen
         self._num_selected += valid
         self._mask[chosen_rows, chosen] = 0
         found = valid & self._supporting[rows, index]
-        rewards += np.where(valid, self._per_fact_reward * found, 0.0)
         self._hits += found
         newly_complete = live & ~self._completed & (self._hits == self._num_supporting)
         self._completed |= newly_complete
-        terminated = live & self._completed & (not self._never_terminate)
-        truncated = live & ~terminated & ((self._steps >= self.max_steps) | ~self._mask.any(axis=1))
-        if self._reward_variant == "shaped" and self._penalize_extra_steps:
-            share = self._share_numerator / np.maximum(self._num_selected, 1)
-            rewards += np.where(newly_complete, 0.5 + 0.5 * share, 0.0)
-        else:  # binary, or shaped without the penalty: 1 on the step the last supporting chunk comes in
-            rewards += np.where(newly_complete, 1.0, 0.0)
+        share = self._share_numerator / np.maximum(self._num_selected, 1)
+        rewards, terminated, truncated = self._step_outcome(self._invalid, found, newly_complete, self._completed, share,
+                                                            self._steps, self._mask.any(axis=1))
+        rewards, terminated, truncated = np.where(live, rewards, 0.0), live & terminated, live & truncated
         self._ended = np.where(live, terminated | truncated, self._ended)
         return rewards, terminated, truncated
 

@@ -197,24 +197,33 @@ class RetrievalEnv(gym.Env, ABC):
         index = self._check_action(action)
         invalid = not self._mask[index]
         self._steps += 1
-        reward = 0.0
-        if invalid:
-            reward = self.invalid_action_penalty
-        else:
+        if not invalid:
             self._selected.append(index)
             self._mask[index] = 0
-            if index in episode.supporting_ids:
-                reward += self.per_fact_reward
         newly_complete = not self._completed and set(episode.supporting_ids) <= set(self._selected)
         self._completed = self._completed or newly_complete
-        terminated = self._completed and not self.never_terminate
-        truncated = not terminated and (self._steps >= self.max_steps or not self._mask.any())
-        if newly_complete:
-            share = len(episode.supporting_ids) / len(self._selected)
-            shaped = self.reward_variant == "shaped" and self.penalize_extra_steps
-            reward += 0.5 + 0.5 * share if shaped else 1.0
+        reward, terminated, truncated = self.step_outcome(
+            np.bool_(invalid), np.bool_(not invalid and index in episode.supporting_ids), np.bool_(newly_complete),
+            np.bool_(self._completed), len(episode.supporting_ids) / max(len(self._selected), 1),
+            np.int64(self._steps), np.bool_(self._mask.any()))
+        reward, terminated, truncated = float(reward), bool(terminated), bool(truncated)
         self._ended = terminated or truncated
         return self._observation(), reward, terminated, truncated, self._info(invalid)
+
+    def step_outcome(self, invalid: np.ndarray, found: np.ndarray, newly_complete: np.ndarray, completed: np.ndarray,
+                     share: np.ndarray, steps: np.ndarray, chunks_left: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reward, terminated and truncated of a step, from what the step did (see "Rewards" and "Episode end").
+
+        The one place these rules live: :meth:`step` calls it for one episode and
+        :class:`~qrag_gym.vector.RetrievalVectorEnv` for N at once (numpy broadcasting serves both). ``share``
+        is ``k / |selected|``, read only on the completing step of the shaped reward with ``penalize_extra_steps``.
+        """
+        penalized = self.reward_variant == "shaped" and self.penalize_extra_steps
+        reward = np.where(invalid, self.invalid_action_penalty, self.per_fact_reward * found)
+        reward = reward + np.where(newly_complete, 0.5 + 0.5 * share if penalized else 1.0, 0.0)
+        terminated = completed & (not self.never_terminate)
+        truncated = ~terminated & ((steps >= self.max_steps) | ~chunks_left)
+        return reward, terminated, truncated
 
     def _check_action(self, action: Any) -> int:
         try:
