@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from qrag_gym.corpus import Corpus
 
 
 @dataclass(frozen=True)
@@ -14,6 +19,11 @@ class Episode:
     retriever must select. ``source`` says where the text came from (for instance
     ``"babi-real+gutenberg"`` or ``"babi-generated+synthetic-noise"``) so that results made from
     synthetic data can never pass for benchmark figures.
+
+    ``chunk_ids`` (with the ``corpus`` they index) name each chunk by id where the env draws chunks from
+    a fixed corpus (BABILong's books and story facts): features and token counts are then gathered by
+    id (:mod:`qrag_gym.features`). They are None where chunks are made per episode (generated needles,
+    HotpotQA paragraphs, the BABILong release's haystacks). Equality compares the texts, not the ids.
     """
 
     chunks: tuple[str, ...]
@@ -24,8 +34,14 @@ class Episode:
     task: str
     num_tokens: int
     meta: dict[str, Any] = field(default_factory=dict)
+    chunk_ids: np.ndarray | None = field(default=None, compare=False, repr=False)
+    corpus: Corpus | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if (self.chunk_ids is None) != (self.corpus is None):
+            raise ValueError("chunk_ids and corpus come together: give both or neither")
+        if self.chunk_ids is not None and self.chunk_ids.shape != (len(self.chunks),):
+            raise ValueError(f"{self.chunk_ids.shape} chunk ids for {len(self.chunks)} chunks")
         bad = [i for i in self.supporting_ids if not 0 <= i < len(self.chunks)]
         if bad:
             raise ValueError(f"supporting ids {bad} are outside the {len(self.chunks)} chunks")

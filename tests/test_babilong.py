@@ -27,15 +27,21 @@ def test_supporting_ids_point_at_the_supporting_facts(task: str, data_dir) -> No
         assert info["source"] == "babi-real+gutenberg"
 
 
-def test_drawable_sentences_hold_every_chunk_an_episode_can_have(make_env) -> None:
-    """What qrag-train encodes up front (instead of reading the env's private source): every chunk of every episode."""
+def test_episodes_are_corpus_ids_whose_texts_and_tokens_are_the_chunks(make_env) -> None:
+    """An episode is an array of ids into the env's corpus (books, then story facts): the ids give back
+    its texts and its measured length, and facts sit in the second table."""
     base = make_env("qa2").unwrapped
-    sentences = base.drawable_sentences()
-    pool = set(sentences)
-    assert len(pool) > 1_000
+    corpus = base.corpus
+    books, facts = corpus.tables
+    assert len(books) > 1_000 and len(set(facts.texts)) == len(facts)  # distinct facts, one id each
     for seed in range(5):
-        base.reset(seed=seed)
-        assert set(base.chunks) <= pool
+        _, info = base.reset(seed=seed)
+        ids = base.episode.chunk_ids
+        assert corpus.texts(ids) == base.chunks
+        assert int(corpus.tokens(ids).sum()) == info["num_tokens"]
+        assert (ids[list(info["supporting_ids"])] >= len(books)).all()  # every supporting chunk is a fact
+    with pytest.raises(ValueError, match=f"chunk id {len(corpus)} is outside this corpus"):
+        corpus.texts(np.array([0, len(corpus)]))
 
 
 def test_context_tokens_are_measured(data_dir) -> None:
@@ -198,3 +204,19 @@ def test_document_length_does_not_depend_on_the_embedder(data_dir, tmp_path) -> 
     assert other_env.chunks == default_env.chunks and other_env.max_chunks == default_env.max_chunks
     chunks = list(default_env.chunks)
     assert count_tokens(load_tokenizer(str(tmp_path)), chunks).sum() < 0.8 * count_tokens(load_tokenizer(None), chunks).sum()
+
+
+def test_real_plus_generated_adds_generated_training_stories_only(data_dir) -> None:
+    """``source="real+generated"``: the real training stories plus generated ones among the same real books;
+    validation and test refuse it (they are real stories only)."""
+    from qrag_gym.envs.babilong import AUGMENT_STORY_OFFSET, load_source
+
+    real = load_source("qa3", "train", "real", str(data_dir))
+    mixed = load_source("qa3", "train", "real+generated", str(data_dir))
+    assert mixed.samples[: len(real.samples)] == real.samples
+    added = mixed.samples[len(real.samples):]
+    assert len(added) > len(real.samples) and all(s.story_index >= AUGMENT_STORY_OFFSET for s in added)
+    assert mixed.noise is real.noise and mixed.label == "babi-real+generated+gutenberg"
+    for split in ("validation", "test"):
+        with pytest.raises(ValueError, match="adds generated stories to training only"):
+            load_source("qa3", split, "real+generated", str(data_dir))

@@ -71,11 +71,11 @@ def test_release_env_recovers_the_gold_facts(release: tuple[Path, list[BabiSampl
     check_env(env.unwrapped, skip_render_check=True)
     base = env.unwrapped
     assert base.num_questions == len(picks) and not base.release.unmatched
-    with pytest.raises(ValueError, match="no fixed pool of sentences"):
-        base.drawable_sentences()
+    assert base.corpus is None  # the release's haystacks are read per episode: no corpus of ids
     for index, gold in enumerate(picks):
         _, info = env.reset(seed=index, options={"question_index": index})
         chunks = base.chunks
+        assert base.episode.chunk_ids is None
         assert info["supporting_ids"] == _gold_ids(chunks, gold)
         assert sorted(chunks[i] for i in info["supporting_ids"]) == sorted(gold.facts[j] for j in gold.supporting)
         assert (info["question"], info["answer"], info["source"], info["split"]) == (

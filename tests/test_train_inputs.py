@@ -64,6 +64,7 @@ def test_train_resume_checks_the_trainer_state_before_building_anything(tmp_path
 # ----- item 7: config values are checked when a config is built or loaded --------------------------
 @pytest.mark.parametrize("overrides, named", [
     ({"positions": "Relative"}, "positions"),
+    ({"train_source": "generated"}, "train_source"),
     ({"lr": "abc"}, "lr"),
     ({"eval_every": 0}, "eval_every"),
     ({"num_envs": 0}, "num_envs"),

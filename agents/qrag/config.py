@@ -18,6 +18,7 @@ from typing import Any
 from qrag_gym.tasks import NIAH_ALL, NIAH_PREFIX, family_of  # the one task table
 
 POSITIONS = ("relative", "none")
+TRAIN_SOURCES = ("auto", "real", "real+generated")
 
 _AT_LEAST_1 = ("adapter_hidden", "candidate_hidden", "candidate_heads", "candidate_layers", "chunk_max_tokens",
                "state_piece_max_tokens", "train_num_sentences",
@@ -69,6 +70,9 @@ class QRAGConfig:
     train_num_sentences: int = 100
     train_context_tokens: int = 4_000
     """Document length for NIAH training and validation (BabiLong uses ``train_num_sentences``)."""
+    train_source: str = "auto"
+    """Where BABILong training stories come from: "auto" (real data when found), "real", or "real+generated"
+    (the real training stories plus generated ones, for the small qa3 file). Validation stays real."""
     max_steps: int = 6
     full_episode_share: float = 1.0
     """Share of BABILong training envs whose episodes run all ``max_steps`` after completion (the authors'
@@ -112,6 +116,8 @@ class QRAGConfig:
             setattr(self, item.name, _checked(item.name, getattr(self, item.name), hints[item.name]))
         if self.positions not in POSITIONS:
             raise ConfigError(f"positions={self.positions!r}: choose one of {POSITIONS}")
+        if self.train_source not in TRAIN_SOURCES:
+            raise ConfigError(f"train_source={self.train_source!r}: choose one of {TRAIN_SOURCES}")
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps", "xpu")):
             raise ConfigError(f"device={self.device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
         checks = ([(name, 1, None) for name in _AT_LEAST_1] + [(name, 0, None) for name in _AT_LEAST_0]

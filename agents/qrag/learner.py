@@ -242,13 +242,13 @@ class Learner:
         """Load the new episodes of slots ``rows`` (already reset): all their chunks and questions are encoded in
         one batched pass per network and written into those rows of the padded buffers."""
         episodes = [self.slots.episodes[row] for row in rows.tolist()]
-        texts = [text for episode in episodes for text in episode.chunks]
         sizes = [len(episode.chunks) for episode in episodes]
         buffers = [self.chunks, self.target_chunks]
         if self.texts:
+            texts = [text for episode in episodes for text in episode.chunks]
             values = [self.online.embed_chunks(texts), self.target.embed_chunks(texts)]
         else:
-            features = self.online.chunk_features(texts)
+            features = self.online.episode_features(episodes)  # by chunk id
             values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features), features]
             buffers.append(self.features)
             self.question[rows] = self.online.chunk_features([episode.question for episode in episodes])

@@ -24,6 +24,8 @@ from qrag_agents.qrag.candidates import CandidateStage
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
 from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model, token_ids
+from qrag_gym.episode import Episode
+from qrag_gym.features import corpus_features
 
 
 def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
@@ -95,6 +97,16 @@ class QNetwork(nn.Module):
         """The frozen encoder's features of ``texts`` ``(n, d)`` (adapter build): what the learner keeps per
         episode and gathers by chunk id, so no text is looked up again within an episode."""
         return self._features(texts)
+
+    def episode_features(self, episodes: list[Episode]) -> torch.Tensor:
+        """The frozen features of every chunk of ``episodes``, concatenated ``(sum of sizes, d)`` (adapter
+        build): gathered by chunk id from the corpus's feature table when the episodes share one corpus
+        (BABILong), else encoded from their texts (generated needles, HotpotQA paragraphs)."""
+        corpora = {id(episode.corpus) for episode in episodes}
+        if episodes[0].corpus is not None and len(corpora) == 1:
+            ids = np.concatenate([episode.chunk_ids for episode in episodes])
+            return torch.from_numpy(corpus_features(episodes[0].corpus, self._embedder).rows(ids)).to(self.device)
+        return self._features([text for episode in episodes for text in episode.chunks])
 
     def adapt_chunks(self, features: torch.Tensor) -> torch.Tensor:
         """E_a from frozen features ``(..., d)`` (adapter build): ``normalize(e + MLP(e))``."""

@@ -31,6 +31,7 @@ from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.envs.hotpotqa import HotpotQAEnv
 from qrag_gym.envs.niah import NiahEnv
 from qrag_gym.envs.retrieval import RetrievalEnv
+from qrag_gym.features import corpus_features
 from qrag_gym.evaluation import MEAN_METRICS, make_eval_env, run_episodes, summarize
 from qrag_gym.tasks import expand, short_name, task_family
 
@@ -57,7 +58,7 @@ def make_env(config: QRAGConfig, task: str, num_sentences: int, data_dir: str | 
     """One training env of ``task`` with the authors' settings (their environment configs).
 
     BABILong: shaped reward, penalize_extra_steps and never_terminate (unless ``full_episodes`` is False:
-    see ``config.full_episode_share``). NIAH (``niah:<variant>``, documents of ``train_context_tokens``):
+    see ``config.full_episode_share``); stories from ``config.train_source``. NIAH (``niah:<variant>``, documents of ``train_context_tokens``):
     episodes end on completion. HotpotQA: never_terminate. ``per_fact_reward`` shapes training only.
     """
     embedder = config.env_embedder
@@ -70,7 +71,8 @@ def make_env(config: QRAGConfig, task: str, num_sentences: int, data_dir: str | 
         return HotpotQAEnv(split="train", data_dir=data_dir, max_steps=config.max_steps, never_terminate=True,
                            embedder=embedder, per_fact_reward=shaping)
     return BabilongEnv(task=task, num_sentences=num_sentences, split="train", max_steps=config.max_steps,
-                       never_terminate=full_episodes, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
+                       never_terminate=full_episodes, data_dir=data_dir, source=config.train_source, embedder=embedder,
+                       per_fact_reward=shaping)
 
 
 NIAH_TRAIN_VARIANTS = tuple(name for name, variant in NIAH_VARIANTS.items() if variant.haystack != "needle")
@@ -103,12 +105,12 @@ def make_validation_envs(config: QRAGConfig, data_dir: str | None) -> list[tuple
 
 
 def prefetch_features(env: BabilongEnv) -> None:
-    """Encode every sentence an env can draw (its books and stories) in one batched pass.
+    """Fill the feature tables of every sentence an env can draw (its books and stories) in one batched pass.
 
-    Misses are then encoded together instead of one forward pass per reset, and the frozen features
-    stay in memory for the whole run.
+    Misses are then encoded together instead of one forward pass per reset, and every later episode's
+    features are gathered by chunk id (:mod:`qrag_gym.features`).
     """
-    env.embedder.encode(env.drawable_sentences())
+    corpus_features(env.corpus, env.embedder).fill()
 
 
 def validate(learner: Learner, envs: list[tuple[str, gym.Env]], writer: SummaryWriter, out: Path,

@@ -22,6 +22,7 @@ from qrag_gym.data.babi import SPLIT_RULE, SPLITS, TASKS, BabiSample, check_task
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
+from qrag_gym.corpus import Corpus, TextTable
 from qrag_gym.embedding import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
 from qrag_gym.episode import Episode
@@ -32,25 +33,50 @@ logger = logging.getLogger(__name__)
 PAPER_SENTENCES = {"1K": 50, "4K": 160, "32K": 1_200, "128K": 4_600, "1M": 40_000, "10M": 400_000}
 """num_sentences the paper uses for each context length (about 20-25 tokens per sentence)."""
 
-SOURCES = ("auto", "real", "generated", "babilong")
+SOURCES = ("auto", "real", "generated", "real+generated", "babilong")
 RELEASE_SOURCE = "babilong"
 """``source="babilong"``: the official BABILong release's pre-built haystacks (see :mod:`qrag_gym.data.babilong_release`)."""
 GENERATED_STORIES = 2_000
+AUGMENT_QUESTIONS = 10_000
+"""``source="real+generated"`` adds the training stories of this many generated questions (en-10k's count per
+task) to the real training stories."""
+AUGMENT_STORY_OFFSET = 1_000_000
+"""Generated stories added to real ones are numbered from here, so a ``story_index`` names one story."""
 _CAPACITY_SLACK = 1.5
 
 
 @dataclass
 class BabilongSource:
-    """The samples and noise one split of one task draws from, with the tokens of every noise sentence."""
+    """The samples and noise one split of one task draws from, as one corpus of ids.
+
+    ``corpus`` holds two tables: the books' sentences (ids ``0..len(noise)-1``, shared by every task over
+    the same books) and the distinct story facts, sorted; ``fact_ids[i]`` are sample ``i``'s facts as ids.
+    Token counts (the fixed length tokenizer's) are counted once per table, never per reset.
+    """
 
     samples: list[BabiSample]
     noise: NoiseCorpus
-    noise_tokens: np.ndarray
+    corpus: Corpus
+    fact_ids: list[np.ndarray]
     label: str
+
+    @property
+    def noise_tokens(self) -> np.ndarray:
+        return self.corpus.tables[0].tokens
 
     @property
     def max_facts(self) -> int:
         return max(len(s.facts) for s in self.samples)
+
+
+def _source_corpus(samples: list[BabiSample], noise: NoiseCorpus, tokenizer) -> tuple[Corpus, list[np.ndarray]]:
+    """The books table and the facts table of a source, and each sample's facts as corpus ids."""
+    count = lambda texts: count_tokens(tokenizer, texts)  # noqa: E731
+    books = TextTable.of(noise.sentences, cached_token_counts(noise.sentences, tokenizer.name_or_path, count))
+    facts = sorted({fact for sample in samples for fact in sample.facts})
+    corpus = Corpus((books, TextTable.of(facts, count(facts))))
+    fact_id = {fact: len(books) + index for index, fact in enumerate(facts)}
+    return corpus, [np.fromiter((fact_id[f] for f in s.facts), dtype=np.int64, count=len(s.facts)) for s in samples]
 
 
 def load_source(task: str, split: str, source: str, data_dir: str | Path | None) -> BabilongSource:
@@ -60,21 +86,30 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None)
     stories with synthetic noise otherwise (logged, and labelled in every episode's ``source``). An
     explicit ``data_dir`` is never replaced by generated data: what it lacks is an error.
     ``split="test"`` is the official bAbI test file with the held-out (validation) books; it has no
-    generated stand-in.
+    generated stand-in. ``source="real+generated"`` (training only) is the real training stories plus the
+    training stories of :data:`AUGMENT_QUESTIONS` generated questions, among the same real books: more
+    stories for tasks whose file is small (qa3: 2,000 questions from 385 stories), while validation and
+    test stay real.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     check_task(task)
+    if source == "real+generated" and split != "train":
+        raise ValueError(f"source='real+generated' adds generated stories to training only; split={split!r} "
+                         "must use source='real' (validation and test are real stories)")
     tokenizer = length_tokenizer()
     babi_dir = find_data_subdir("babi/en-10k", data_dir) if source == "auto" else None
-    if source == "real" or babi_dir is not None or (source == "auto" and data_dir is not None):
+    if source in ("real", "real+generated") or babi_dir is not None or (source == "auto" and data_dir is not None):
         babi_dir = require_data_subdir("babi/en-10k", data_dir)
         samples = load_split(babi_dir, task, split)
         books = "validation" if split == "test" else split  # the test stories hide among held-out books
         noise = load_book_corpus(require_data_subdir("noise/gutenberg", data_dir), books)
         label = "babi-real+gutenberg"
+        if source == "real+generated":
+            samples = samples + _generated_training_samples(task)
+            label = "babi-real+generated+gutenberg"
     elif split == "test":
         raise FileNotFoundError("split='test' reads the official bAbI test files (babi/en-10k/<task>_test.txt) "
                                 "and no bAbI data folder was found: pass data_dir=... or set $QRAG_DATA_DIR")
@@ -87,8 +122,18 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None)
         pool = generate_babi_samples(task, np.random.default_rng(offset), GENERATED_STORIES)
         samples = split_samples(pool, split)
         label = "babi-generated+synthetic-noise"
-    noise_tokens = cached_token_counts(noise.sentences, tokenizer.name_or_path, lambda texts: count_tokens(tokenizer, texts))
-    return BabilongSource(samples, noise, noise_tokens, label)
+    corpus, fact_ids = _source_corpus(samples, noise, tokenizer)
+    return BabilongSource(samples, noise, corpus, fact_ids, label)
+
+
+def _generated_training_samples(task: str) -> list[BabiSample]:
+    """The training-split stories of :data:`AUGMENT_QUESTIONS` generated questions (seed 2: a stream of its
+    own), renumbered from :data:`AUGMENT_STORY_OFFSET`."""
+    from qrag_gym.data.babi_generator import generate_babi_samples
+
+    pool = generate_babi_samples(task, np.random.default_rng(2), AUGMENT_QUESTIONS)
+    return [replace(sample, story_index=AUGMENT_STORY_OFFSET + sample.story_index)
+            for sample in split_samples(pool, "train")]
 
 
 _SOURCE_CACHE: dict[tuple[Any, ...], BabilongSource] = {}
@@ -124,17 +169,19 @@ def cached_source(task: str, split: str, source: str, data_dir: str | Path | Non
 
 
 def assemble(
-    sample: BabiSample,
+    index: int,
     source: BabilongSource,
     rng: np.random.Generator,
-    fact_tokens: np.ndarray,
     context_tokens: int | None,
     num_sentences: int | None,
     max_chunks: int,
 ) -> Episode:
-    """Hide ``sample``'s facts among noise: ``num_sentences`` chunks, or up to ``context_tokens`` tokens."""
+    """Hide sample ``index``'s facts among noise: ``num_sentences`` chunks, or up to ``context_tokens``
+    tokens. The document is built as an array of corpus ids; its texts are read from the corpus by id."""
+    sample, fact_ids = source.samples[index], source.fact_ids[index]
     n_facts = len(sample.facts)
     budget_chunks = max_chunks - n_facts
+    fact_tokens = source.corpus.tokens(fact_ids)
     if num_sentences is not None:
         noise_index = source.noise.sample_runs(rng, min(max(num_sentences - n_facts, 0), budget_chunks))
     else:
@@ -144,16 +191,12 @@ def assemble(
     fact_slots = np.sort(rng.choice(total, size=n_facts, replace=False))
     is_fact = np.zeros(total, dtype=bool)
     is_fact[fact_slots] = True
-    chunks: list[str] = [""] * total
-    for slot, fact in zip(fact_slots, sample.facts):
-        chunks[slot] = fact
-    noise_slots = np.flatnonzero(~is_fact)
-    sentences = source.noise.sentences
-    for slot, index in zip(noise_slots.tolist(), noise_index.tolist()):
-        chunks[slot] = sentences[index]
+    chunk_ids = np.empty(total, dtype=np.int64)
+    chunk_ids[fact_slots] = fact_ids
+    chunk_ids[~is_fact] = noise_index  # book sentence i is corpus id i
     tokens = int(fact_tokens.sum() + source.noise_tokens[noise_index].sum())
     return Episode(
-        chunks=tuple(chunks),
+        chunks=source.corpus.texts(chunk_ids),
         question=sample.question,
         answer=sample.answer,
         supporting_ids=tuple(sorted(int(fact_slots[i]) for i in sample.supporting)),
@@ -161,6 +204,8 @@ def assemble(
         task=sample.task,
         num_tokens=tokens,
         meta={"story_index": sample.story_index, "num_facts": n_facts},
+        chunk_ids=chunk_ids,
+        corpus=source.corpus,
     )
 
 
@@ -183,7 +228,8 @@ class BabilongEnv(QuestionSetEnv):
     - ``max_steps`` (default 6, the authors' BabiLong setting), ``reward``, ``penalize_extra_steps``,
       ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
-      else the user data folder); ``source``: "auto", "real", "generated" or "babilong".
+      else the user data folder); ``source``: "auto", "real", "generated", "real+generated" (training only:
+      the real stories plus generated ones, see :func:`load_source`) or "babilong".
     - ``source="babilong"`` with ``release_length`` ("0k".."1M", default "4k"): the official BABILong
       release's haystacks (``<data>/babilong/data/<task>/<length>.json``, from ``qrag-data fetch babilong``)
       with supporting facts recovered from the official bAbI test file; questions in file order,
@@ -242,7 +288,6 @@ class BabilongEnv(QuestionSetEnv):
         self._source = cached_source(task, split, source, data_dir)
         if not self._source.samples:
             raise ValueError(f"no {split} samples for {task}")
-        self._fact_tokens: dict[str, int] = {}
         if max_chunks is None:
             if num_sentences is not None:
                 noise_chunks = num_sentences
@@ -288,12 +333,6 @@ class BabilongEnv(QuestionSetEnv):
             self._release_tokens[position] = int(count_tokens(self._tokenizer, list(episode.chunks)).sum())
         return replace(episode, num_tokens=self._release_tokens[position])
 
-    def _tokens_of(self, facts: tuple[str, ...]) -> np.ndarray:
-        unknown = [f for f in facts if f not in self._fact_tokens]
-        for fact, n in zip(unknown, count_tokens(self._tokenizer, unknown)):
-            self._fact_tokens[fact] = int(n)
-        return np.array([self._fact_tokens[f] for f in facts], dtype=np.int64)
-
     @property
     def num_questions(self) -> int:
         """How many questions the split holds (``reset(options={"question_index": i})`` asks question ``i``).
@@ -304,24 +343,15 @@ class BabilongEnv(QuestionSetEnv):
             return len(self.release.matched)
         return len(self._source.samples)
 
-    def drawable_sentences(self) -> list[str]:
-        """Every sentence an episode of this env can hold: its books' sentences, then each distinct story
-        fact (sorted), so a caller can encode them all in one batched pass (``qrag-train`` does).
-
-        Not for ``source="babilong"``, whose haystacks are read from the release file per episode.
-        """
-        if self.release is not None:
-            raise ValueError("drawable_sentences(): source='babilong' serves the release's pre-built haystacks, "
-                             "read per episode; there is no fixed pool of sentences to list")
-        source = self._source
-        return list(source.noise.sentences) + sorted({fact for sample in source.samples for fact in sample.facts})
+    @property
+    def corpus(self) -> Corpus | None:
+        """The ids every episode's ``chunk_ids`` index (books, then story facts); None for ``source="babilong"``."""
+        return None if self.release is not None else self._source.corpus
 
     def _episode_for_question(self, index: int) -> Episode:
         if self.release is not None:
             return self._release_episode(index)
-        sample = self._source.samples[index]
-        return assemble(sample, self._source, self.np_random, self._tokens_of(sample.facts),
-                        self.context_tokens, self.num_sentences, self.max_chunks)
+        return assemble(index, self._source, self.np_random, self.context_tokens, self.num_sentences, self.max_chunks)
 
     def _shortfall(self, episode: Episode) -> str | None:
         if self.context_tokens is not None and episode.num_tokens < self.context_tokens:

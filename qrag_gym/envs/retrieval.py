@@ -16,6 +16,7 @@ from gymnasium import spaces
 
 from qrag_gym.embedding import TextEmbedder, load_tokenizer, shared_embedder
 from qrag_gym.envs.text_space import QuestionText
+from qrag_gym.features import SCORE_BLOCK, corpus_features
 from qrag_gym.validation import MAX_CHUNKS, finite_float, flag, positive_int
 from qrag_gym.episode import Episode
 
@@ -278,15 +279,28 @@ class RetrievalEnv(gym.Env, ABC):
         return self._embedder_spec
 
     def chunk_vectors(self) -> np.ndarray:
-        """``(num_chunks, dim)`` vectors of this episode's chunks, encoded once per episode."""
+        """``(num_chunks, dim)`` vectors of this episode's chunks, gathered once per episode: by chunk id
+        from the corpus's feature table where the episode has ids, else encoded from the texts."""
         if self._vectors is None:
-            self._vectors = self.embedder.encode(self.chunks)
+            episode = self._require_episode()
+            if episode.chunk_ids is not None:
+                self._vectors = corpus_features(episode.corpus, self.embedder).rows(episode.chunk_ids)
+            else:
+                self._vectors = self.embedder.encode(self.chunks)
         return self._vectors
 
     def score(self, query: np.ndarray) -> np.ndarray:
-        """Score of every action for a query vector: ``-inf`` where masked, length ``max_chunks``."""
+        """Score of every action for a query vector: ``-inf`` where masked, length ``max_chunks``.
+
+        A document of more than :data:`~qrag_gym.features.SCORE_BLOCK` chunks with ids is scored block by
+        block from its feature table, never gathered whole (a 10M-token episode's vectors are 590 MB)."""
+        episode = self._require_episode()
         scores = np.full(self.max_chunks, -np.inf, dtype=np.float32)
-        scores[: self.num_chunks] = self.chunk_vectors() @ np.asarray(query, dtype=np.float32)
+        query = np.asarray(query, dtype=np.float32)
+        if self._vectors is None and episode.chunk_ids is not None and len(episode.chunks) > SCORE_BLOCK:
+            scores[: self.num_chunks] = corpus_features(episode.corpus, self.embedder).scores(episode.chunk_ids, query)
+        else:
+            scores[: self.num_chunks] = self.chunk_vectors() @ query
         scores[self._mask == 0] = -np.inf
         return scores
 

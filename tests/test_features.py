@@ -1,0 +1,134 @@
+"""Features by id: the memory-mapped tables give the text path's vectors bit for bit, persist across
+processes, survive interrupted writes, score long documents in blocks and are cleared with the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from qrag_gym import features as features_module
+from qrag_gym.cache import clear_all
+from qrag_gym.corpus import Corpus, TextTable
+from qrag_gym.data.babi import load_split
+from qrag_gym.embedding import TextEmbedder
+from qrag_gym.envs import retrieval as retrieval_module
+from qrag_gym.features import CorpusFeatures, FeatureTable
+
+
+@pytest.fixture(scope="module")
+def facts(data_dir: Path) -> list[str]:
+    """60 distinct real bAbI facts (qa2 training stories)."""
+    samples = load_split(data_dir / "babi" / "en-10k", "qa2", "train")
+    return sorted({fact for sample in samples[:40] for fact in sample.facts})[:60]
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> TextEmbedder:
+    return TextEmbedder(cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _table(texts: list[str]) -> TextTable:
+    return TextTable.of(texts, np.ones(len(texts), dtype=np.int64))
+
+
+def test_rows_are_the_text_paths_vectors_and_persist(facts: list[str], embedder: TextEmbedder,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    table = _table(facts)
+    first = FeatureTable(table, embedder, embedder.disk.folder)
+    ids = np.array([5, 0, 5, 59, 17])
+    np.testing.assert_array_equal(first.rows(ids), embedder.encode([facts[i] for i in ids.tolist()]))
+    assert first.filled.sum() == 4 and first.path.is_file() and first.filled_path.is_file()
+    # Another process (a new table object on the same file) reads marked rows without encoding anything.
+    monkeypatch.setattr(embedder, "encode", lambda texts: pytest.fail(f"re-encoded {texts}"))
+    again = FeatureTable(table, embedder, embedder.disk.folder)
+    np.testing.assert_array_equal(again.rows(np.array([59, 0])), first.rows(np.array([59, 0])))
+
+
+def test_unmarked_rows_are_encoded_again_and_a_foreign_shape_is_rebuilt(facts: list[str], embedder: TextEmbedder) -> None:
+    """A process killed after writing rows but before the bitmap leaves rows no reader trusts; a table file
+    of another shape (not this table's) is rebuilt with a warning, not read."""
+    table = _table(facts[:10])
+    written = FeatureTable(table, embedder, embedder.disk.folder)
+    expected = written.rows(np.arange(10)).copy()
+    written.filled_path.unlink()  # the kill: rows on disk, no bitmap
+    written.vectors[:] = 7.0  # what a half-written row could hold
+    written.vectors.flush()
+    reread = FeatureTable(table, embedder, embedder.disk.folder)
+    assert not reread.filled.any()
+    np.testing.assert_array_equal(reread.rows(np.arange(10)), expected)
+    np.save(reread.path, np.zeros((3, 3), dtype=np.float32))
+    with pytest.warns(RuntimeWarning, match=r"shape \(3, 3\).*rebuilt"):
+        rebuilt = FeatureTable(table, embedder, embedder.disk.folder)
+    np.testing.assert_array_equal(rebuilt.rows(np.arange(10)), expected)
+
+
+def test_an_unwritable_folder_keeps_the_table_in_memory(facts: list[str], embedder: TextEmbedder, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder would be")
+    with pytest.warns(RuntimeWarning, match="keeps it in memory"):
+        table = FeatureTable(_table(facts[:4]), embedder, blocked / "model")
+    assert table.path is None
+    np.testing.assert_array_equal(table.rows(np.arange(4)), embedder.encode(facts[:4]))
+
+
+def test_corpus_ids_span_tables_and_score_in_blocks(facts: list[str], embedder: TextEmbedder,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = Corpus((_table(facts[:25]), _table(facts[25:])))
+    tables = [FeatureTable(table, embedder, None) for table in corpus.tables]
+    features = CorpusFeatures(corpus, tables)
+    ids = np.random.default_rng(0).integers(0, len(corpus), 200)
+    vectors = features.rows(ids)
+    np.testing.assert_array_equal(vectors, embedder.encode([facts[i] for i in ids.tolist()]))
+    monkeypatch.setattr(features_module, "SCORE_BLOCK", 7)
+    query = vectors[3]
+    np.testing.assert_allclose(features.scores(ids, query), vectors @ query, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk id -1 is outside"):
+        features.rows(np.array([-1]))
+
+
+def test_env_scores_a_long_document_block_by_block(make_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``SCORE_BLOCK`` chunks the env scores from the table without gathering the whole document; the
+    scores are the gathered path's."""
+    env = make_env("qa1", 1_000, embedder="default").unwrapped
+    env.reset(seed=3)
+    query = env.embedder.encode([env.question])[0]
+    gathered = env.chunk_vectors() @ query
+    env.reset(seed=3)
+    monkeypatch.setattr(retrieval_module, "SCORE_BLOCK", 8)
+    monkeypatch.setattr(features_module, "SCORE_BLOCK", 8)
+    scores = env.score(query)
+    assert env._vectors is None  # noqa: SLF001 - the point: nothing was gathered whole
+    np.testing.assert_allclose(scores[: env.num_chunks], gathered, rtol=0, atol=1e-6)
+    assert np.isneginf(scores[env.num_chunks:]).all()
+
+
+def test_clear_removes_feature_tables(facts: list[str], tmp_path: Path) -> None:
+    embedder = TextEmbedder(cache_dir=tmp_path)
+    table = FeatureTable(_table(facts[:3]), embedder, embedder.disk.folder)
+    table.rows(np.arange(3))
+    (table.path.parent / "notes.txt").write_text("not the cache's")
+    clear_all(tmp_path)
+    assert not table.path.exists() and not table.filled_path.exists()
+    assert (table.path.parent / "notes.txt").is_file()
+
+
+def test_training_env_prefetch_fills_every_row(make_env) -> None:
+    from qrag_agents.qrag.train import prefetch_features
+
+    env = make_env("qa1", 1_000, embedder="default").unwrapped
+    prefetch_features(env)
+    features = features_module.corpus_features(env.corpus, env.embedder)
+    assert all(table.filled.all() for table in features.tables)
+    env.reset(seed=0)
+    np.testing.assert_array_equal(env.chunk_vectors(), env.embedder.encode(env.chunks))
+
+
+def test_gym_make_episode_ids_survive_vector_envs(data_dir) -> None:
+    env = gym.make_vec("QRAG-Babilong-v0", num_envs=2, vectorization_mode="vector_entry_point", task="qa1",
+                       context_tokens=1_000, split="validation", source="real", data_dir=str(data_dir))
+    env.reset(seed=[1, 2])
+    for episode in env.unwrapped.episodes:
+        assert episode.corpus.texts(episode.chunk_ids) == episode.chunks
