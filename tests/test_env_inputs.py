@@ -20,7 +20,8 @@ from qrag_gym.data.babi import BabiFormatError, load_babi_file, parse_babi_lines
 from qrag_gym.data.hotpotqa import HotpotQAFormatError, load_hotpotqa
 from qrag_gym.data.noise import MAX_SENTENCE_WORDS, NoiseCorpusError, load_book_corpus
 from qrag_gym.data.paths import DataNotFoundError
-from qrag_gym.embedding import ModelLoadError, TextEmbedder
+from qrag_gym.embedding import TextEmbedder
+from qrag_gym.models import ModelLoadError
 from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.envs.niah import NiahEnv
 from qrag_gym.envs.retrieval import DocumentTooShortWarning, EpisodeEndedError

@@ -16,7 +16,7 @@ import qrag_gym
 from qrag_gym.data.niah import REPEAT_SENTENCES, VARIANTS, distinct_values, random_values
 from qrag_gym.data.noise import load_book_corpus
 from qrag_gym.data.paths import DataNotFoundError
-from qrag_gym.embedding import count_tokens
+from qrag_gym.models import count_tokens
 from qrag_gym.metrics import retrieval_metrics, ruler_string_match
 
 torch.set_num_threads(1)

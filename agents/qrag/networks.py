@@ -23,7 +23,9 @@ from transformers import AutoModel
 from qrag_agents.qrag.candidates import CandidateStage
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.rotary import apply_rotation, rotary_frequencies, rotation
-from qrag_gym.embedding import TextEmbedder, load_tokenizer, mean_pool, resolve_model, token_ids
+from qrag_gym.embedding import TextEmbedder, mean_pool
+from qrag_gym.models import load_tokenizer, resolve_model
+from qrag_agents.qrag.tokens import token_ids
 from qrag_gym.episode import Episode
 from qrag_gym.features import corpus_features
 

@@ -43,7 +43,8 @@ from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown
 from qrag_gym.cache_cli import WARM_BATCH
 from qrag_gym.data.noise import load_book_corpus
 from qrag_gym.data.paths import require_data_subdir
-from qrag_gym.embedding import TextEmbedder, count_tokens
+from qrag_gym.embedding import TextEmbedder
+from qrag_gym.models import count_tokens
 from qrag_gym.integrations.ray_cluster import init_ray
 from qrag_gym.integrations.ray_embedding import embed_on_ray
 

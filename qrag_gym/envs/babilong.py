@@ -3,7 +3,7 @@
 The assembly follows BABILong: one sample per bAbI question, the story's facts up to that question
 keep their order and take uniformly random slots among contiguous runs of noise sentences; one chunk
 is one sentence. Lengths are set in tokens of one fixed tokenizer (measured, not guessed; see
-:func:`~qrag_gym.embedding.length_tokenizer`) or in
+:func:`~qrag_gym.models.length_tokenizer`) or in
 sentences, as in the paper's table :data:`PAPER_SENTENCES`.
 """
 
@@ -23,7 +23,7 @@ from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, 
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
 from qrag_gym.corpus import Corpus, TextTable
-from qrag_gym.embedding import count_tokens, length_tokenizer
+from qrag_gym.models import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
 from qrag_gym.episode import Episode
 from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, MAX_NUM_SENTENCES, positive_int
@@ -237,7 +237,7 @@ class BabilongEnv(QuestionSetEnv):
       fixed, so ``context_tokens``/``num_sentences`` do not apply, and ``split`` can only be "test".
     - ``max_chunks``: size of the action space; by default enough for the length asked.
     - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
-      :func:`~qrag_gym.embedding.length_tokenizer` whatever the embedder).
+      :func:`~qrag_gym.models.length_tokenizer` whatever the embedder).
 
     ## Version history
     - v0: first release.

@@ -10,7 +10,7 @@ import numpy as np
 
 from qrag_gym.data.hotpotqa import DEFAULT_FILE, DEFAULT_FILES, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
-from qrag_gym.embedding import count_tokens, length_tokenizer
+from qrag_gym.models import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
 from qrag_gym.episode import Episode
 
@@ -68,7 +68,7 @@ class HotpotQAEnv(QuestionSetEnv):
     - ``max_chunks``: size of the action space; by default the most paragraphs of any question in the
       file, so every split has the same spaces.
     - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
-      :func:`~qrag_gym.embedding.length_tokenizer` whatever the embedder).
+      :func:`~qrag_gym.models.length_tokenizer` whatever the embedder).
 
     Episodes are drawn uniformly from the split; to walk a split in order, pass
     ``options={"question_index": i}`` to ``reset`` (``0 <= i < env.unwrapped.num_questions``).

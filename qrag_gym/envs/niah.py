@@ -18,7 +18,7 @@ from qrag_gym.data.niah import (REPEAT_SENTENCES, VARIANTS, NiahConfig, build_ep
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
-from qrag_gym.embedding import count_tokens, length_tokenizer
+from qrag_gym.models import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
 from qrag_gym.episode import Episode
 from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, positive_int
@@ -82,7 +82,7 @@ class NiahEnv(RetrievalEnv):
     ## Arguments
     - ``variant``: "single_1", "single_2", "single_3", "multikey_1", "multikey_2", "multikey_3",
       "multivalue" or "multiquery".
-    - ``context_tokens`` (default 4000): haystack + needles, measured with :func:`~qrag_gym.embedding.length_tokenizer`.
+    - ``context_tokens`` (default 4000): haystack + needles, measured with :func:`~qrag_gym.models.length_tokenizer`.
     - ``split``: "train" or "validation" books for the essay haystack (BABILong's book split).
     - ``haystack``, ``type_needle_k``, ``type_needle_v``, ``num_needle_k``, ``num_needle_v``,
       ``num_needle_q``: override the variant's RULER settings (``None`` keeps them).
@@ -93,7 +93,7 @@ class NiahEnv(RetrievalEnv):
       matter for the essay haystack: the repeat and needle haystacks are generated text.
     - ``max_chunks``: size of the action space; by default enough for the length asked.
     - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
-      :func:`~qrag_gym.embedding.length_tokenizer` whatever the embedder).
+      :func:`~qrag_gym.models.length_tokenizer` whatever the embedder).
 
     ## Version history
     - v0: first release.

@@ -14,7 +14,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from qrag_gym.embedding import TextEmbedder, load_tokenizer, shared_embedder
+from qrag_gym.embedding import TextEmbedder, shared_embedder
+from qrag_gym.models import load_tokenizer
 from qrag_gym.envs.text_space import QuestionText
 from qrag_gym.features import SCORE_BLOCK, corpus_features
 from qrag_gym.validation import MAX_CHUNKS, finite_float, flag, positive_int
