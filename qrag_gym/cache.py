@@ -54,7 +54,7 @@ class CacheClearRefused(RuntimeError):
     """``clear`` was asked to delete a folder that is not (or not only) an embedding cache."""
 
 
-def _write_marker(root: Path) -> None:
+def mark_cache_root(root: Path) -> None:
     """Tag ``root`` as a cache folder (idempotent); the marker is what allows ``clear`` there."""
     marker = root / MARKER
     if not marker.is_file():
@@ -100,6 +100,16 @@ def _as_digest_rows(keys: np.ndarray) -> np.ndarray:
     """Keys as ``(n, 16)`` uint8 rows. (numpy's ``S16`` scalars drop trailing zero bytes, so digests are
     never handled as ``S16`` values; the raw buffer is the same either way.)"""
     return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, 16)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """Write an ``.npy`` atomically (see :mod:`qrag_gym.atomic`)."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as out:  # a file object: np.save would append ".npy" to a name
+            np.save(out, array)
+
+    atomic_write(path, write)
 
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -209,7 +219,7 @@ class EmbeddingDiskCache:
         if self._writable:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                _write_marker(self.folder.parent)
+                mark_cache_root(self.folder.parent)
                 atomic_save_npz(self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz", keys=keys, vectors=vectors)
             except OSError as err:  # read-only, full, or gone: a cache must never end the run
                 self._writable = False
@@ -332,12 +342,8 @@ def cached_token_counts(texts: Sequence[str], tokenizer_name: str, count: Callab
     counts = np.asarray(count(texts), dtype=np.int64)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_marker(root)
-        def write(temporary: str) -> None:
-            with open(temporary, "wb") as out:  # a file object: np.save would append ".npy" to a name
-                np.save(out, counts)
-
-        atomic_write(path, write)
+        mark_cache_root(root)
+        atomic_save_npy(path, counts)
     except OSError as err:
         warnings.warn(f"could not keep token counts in {path.parent} ({err}); they are recounted next time",
                       RuntimeWarning, stacklevel=2)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from qrag_gym.atomic import atomic_write
-from qrag_gym.cache import _write_marker, default_cache_root
+from qrag_gym.cache import atomic_save_npy, mark_cache_root
 from qrag_gym.corpus import Corpus, TextTable
 from qrag_gym.embedding import TextEmbedder
 
@@ -31,14 +31,6 @@ SCORE_BLOCK = 65_536
 
 def table_path(folder: Path, table: TextTable) -> Path:
     return folder / f"table-{table.fingerprint}.npy"
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(temporary: str) -> None:
-        with open(temporary, "wb") as out:  # a file object: np.save would append ".npy" to a name
-            np.save(out, array)
-
-    atomic_write(path, write)
 
 
 class FeatureTable:
@@ -78,7 +70,7 @@ class FeatureTable:
             if not isinstance(err, FileNotFoundError):
                 warnings.warn(f"feature table {self.path}: {err}; rebuilt", RuntimeWarning, stacklevel=3)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _write_marker(self.path.parent.parent)
+            mark_cache_root(self.path.parent.parent)
             atomic_write(self.path, lambda temporary: np.lib.format.open_memmap(
                 temporary, mode="w+", dtype=np.float32, shape=shape).flush())
             self.filled_path.unlink(missing_ok=True)
@@ -110,7 +102,7 @@ class FeatureTable:
         try:
             self.vectors.flush()  # the rows reach the file before the bitmap that marks them
             on_disk = self._read_filled()  # keep what other processes marked meanwhile
-            _save_npy(self.filled_path, self.filled | on_disk)
+            atomic_save_npy(self.filled_path, self.filled | on_disk)
         except OSError as err:
             warnings.warn(f"feature table {self.path}: could not record new rows ({err}); they are encoded "
                           "again next process", RuntimeWarning, stacklevel=2)

@@ -73,10 +73,7 @@ def commit_of(folder: str) -> str:
     return done.stdout.strip() or "unknown"
 
 
-def measure(label: str, pythonpath: str | None, repeats: int) -> dict[str, Any]:
-    for kind in ("make", "long"):
-        probe(kind, pythonpath)  # untimed: fills this version's disk caches
-    runs = {kind: [probe(kind, pythonpath) for _ in range(repeats)] for kind in ("make", "long")}
+def summary(label: str, pythonpath: str | None, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     median = lambda kind, key: statistics.median(run[key] for run in runs[kind])  # noqa: E731
     return {"label": label, "commit": commit_of(pythonpath or str(Path(__file__).resolve().parent)), "runs": runs,
             "make_s": median("make", "make_s"), "make_reset_s": median("make", "make_reset_s"),
@@ -85,21 +82,35 @@ def measure(label: str, pythonpath: str | None, repeats: int) -> dict[str, Any]:
             "tokens": runs["long"][0]["tokens"], "best": [run["best"] for run in runs["long"]]}
 
 
+def measure(versions: list[tuple[str, str | None]], repeats: int) -> list[dict[str, Any]]:
+    """Every version's probes, interleaved round by round so that other load on the machine hits them alike."""
+    for _, pythonpath in versions:
+        for kind in ("make", "long"):
+            probe(kind, pythonpath)  # untimed: fills this version's disk caches
+    runs = {label: {"make": [], "long": []} for label, _ in versions}
+    for _ in range(repeats):
+        for label, pythonpath in versions:
+            for kind in ("make", "long"):
+                runs[label][kind].append(probe(kind, pythonpath))
+    return [summary(label, pythonpath, runs[label]) for label, pythonpath in versions]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pythonpath", help="another checkout to measure beside this one (e.g. the code before issue 15)")
     parser.add_argument("--repeats", type=int, default=3)
     add_out_argument(parser, STUDY_RESULTS)
     args = parser.parse_args(argv)
-    versions = ([measure("before", args.pythonpath, args.repeats)] if args.pythonpath else []) + \
-        [measure("this checkout", None, args.repeats)]
+    versions = measure(([("before", args.pythonpath)] if args.pythonpath else []) + [("this checkout", None)],
+                       args.repeats)
     rows = [[v["label"], v["commit"], f"{v['make_s']:.2f}", f"{v['make_reset_s']:.2f}", f"{v['chunks']:,}",
              f"{v['after_make_mb']:,.0f}", f"{v['peak_mb']:,.0f}", f"{v['reset_score_s']:.1f}"] for v in versions]
     command = "python -m qrag_benchmarks.studies.env_footprint" + \
         (f" --pythonpath {args.pythonpath}" if args.pythonpath else "") + f" --repeats {args.repeats}"
     text = "\n".join([
         "# Env start-up time and the peak memory of a 10M-token episode (issue 15)", "",
-        f"Each figure is the median of {args.repeats} fresh processes (one untimed run first warms the disk caches); "
+        f"Each figure is the median of {args.repeats} fresh processes, the versions interleaved round by round (one "
+        "untimed run of each first warms the disk caches); "
         "wall seconds on a shared 2-core machine, so compare the rows, measured in one run, more than the absolute "
         "times. First gym.make: qa2, 4K tokens, validation. 10M: qa1, `context_tokens=10_000_000`, validation books, "
         "`embedder=\"default\"`; peak = `ru_maxrss` after reset and one dense scoring of the question.", "",
