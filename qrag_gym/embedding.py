@@ -115,25 +115,43 @@ class TextEmbedder:
             out[chunk] = self._forward([texts[i] for i in chunk])
         return out
 
-    def encode(self, texts: Sequence[str], persist: bool = True) -> np.ndarray:
+    def _stored_or_encoded(self, texts: list[str], persist: bool) -> np.ndarray:
+        """Vectors of distinct ``texts`` absent from memory: from the disk cache, else encoded (and stored)."""
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        found = np.zeros(len(texts), dtype=bool)
+        if self.disk is not None:
+            found, vectors = self.disk.lookup(texts)
+        missing = np.flatnonzero(~found)
+        if missing.size:
+            vectors[missing] = self.encode_uncached([texts[i] for i in missing])
+            if persist and self.disk is not None:
+                keep = [i for i in missing if not is_one_off(texts[i])]
+                self.disk.add([texts[i] for i in keep], vectors[keep])
+        return vectors
+
+    def encode(self, texts: Sequence[str], persist: bool = True, remember: bool = True) -> np.ndarray:
         """Vectors for ``texts`` (shape ``(len(texts), dim)``), encoding only texts not seen before.
 
         ``persist=False`` keeps new vectors out of the disk cache: right for one-off queries. Registered
-        generated texts (:func:`register_one_off_texts`) never reach it either.
+        generated texts (:func:`register_one_off_texts`) never reach it either. ``remember=False`` keeps
+        them out of the in-memory cache: the feature tables (:mod:`qrag_gym.features`) hold corpus
+        vectors by id, so a second copy keyed by text would only double the memory.
         """
+        if not remember:
+            out = np.empty((len(texts), self.dim), dtype=np.float32)
+            absent = [row for row, text in enumerate(texts) if text not in self._cache]
+            for row, text in enumerate(texts):
+                if text in self._cache:
+                    out[row] = self._cache[text]
+            if absent:
+                distinct = list(dict.fromkeys(texts[row] for row in absent))
+                found = dict(zip(distinct, self._stored_or_encoded(distinct, persist)))
+                for row in absent:
+                    out[row] = found[texts[row]]
+            return out
         unique = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if unique:
-            vectors = np.zeros((len(unique), self.dim), dtype=np.float32)
-            found = np.zeros(len(unique), dtype=bool)
-            if self.disk is not None:
-                found, vectors = self.disk.lookup(unique)
-            missing = np.flatnonzero(~found)
-            if missing.size:
-                vectors[missing] = self.encode_uncached([unique[i] for i in missing])
-                if persist and self.disk is not None:
-                    keep = [i for i in missing if not is_one_off(unique[i])]
-                    self.disk.add([unique[i] for i in keep], vectors[keep])
-            for text, vector in zip(unique, vectors):
+            for text, vector in zip(unique, self._stored_or_encoded(unique, persist)):
                 self._cache[text] = vector
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)

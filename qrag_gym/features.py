@@ -93,9 +93,9 @@ class FeatureTable:
         if not missing.size:
             return
         texts = self.table.texts
-        # Through the embedder's text cache: a text encoded before (by an older table or the disk cache's
-        # shards) gets the very same vector here, bit for bit.
-        self.vectors[missing] = self.embedder.encode([texts[i] for i in missing.tolist()])
+        # Through the embedder's caches: a text encoded before (in memory, or in the disk cache's shards) gets the
+        # very same vector here, bit for bit; the table, not the in-memory cache, keeps it from now on.
+        self.vectors[missing] = self.embedder.encode([texts[i] for i in missing.tolist()], remember=False)
         self.filled[missing] = True
         if self.path is None:
             return

@@ -42,9 +42,20 @@ def test_rows_are_the_text_paths_vectors_and_persist(facts: list[str], embedder:
     np.testing.assert_array_equal(first.rows(ids), embedder.encode([facts[i] for i in ids.tolist()]))
     assert first.filled.sum() == 4 and first.path.is_file() and first.filled_path.is_file()
     # Another process (a new table object on the same file) reads marked rows without encoding anything.
-    monkeypatch.setattr(embedder, "encode", lambda texts: pytest.fail(f"re-encoded {texts}"))
+    monkeypatch.setattr(embedder, "encode", lambda texts, **_: pytest.fail(f"re-encoded {texts}"))
     again = FeatureTable(table, embedder, embedder.disk.folder)
     np.testing.assert_array_equal(again.rows(np.array([59, 0])), first.rows(np.array([59, 0])))
+
+
+def test_a_table_keeps_its_vectors_by_id_only(facts: list[str], tmp_path: Path) -> None:
+    """Filling a table leaves no second copy keyed by text in the embedder's memory, and gives the vectors a
+    text-keyed call gives (from the disk cache: same bits)."""
+    embedder = TextEmbedder(cache_dir=tmp_path)
+    rows = FeatureTable(_table(facts[:6]), embedder, embedder.disk.folder).rows(np.arange(6))
+    assert len(embedder._cache) == 0  # noqa: SLF001 - the point of the test
+    embedder.disk.flush()
+    fresh = TextEmbedder(cache_dir=tmp_path)
+    np.testing.assert_array_equal(rows, fresh.encode(facts[:6]))
 
 
 def test_unmarked_rows_are_encoded_again_and_a_foreign_shape_is_rebuilt(facts: list[str], embedder: TextEmbedder) -> None:

@@ -24,7 +24,7 @@ from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
 from qrag_gym.corpus import Corpus, TextTable
 from qrag_gym.models import count_tokens, length_tokenizer
-from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
+from qrag_gym.envs.retrieval import QuestionSetEnv
 from qrag_gym.episode import Episode
 from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, MAX_NUM_SENTENCES, positive_int
 
@@ -225,8 +225,9 @@ class BabilongEnv(QuestionSetEnv):
       the rule is in ``info["split_rule"]``) or "test" (the official bAbI test stories, e.g.
       ``babi/en-10k/qa1_single-supporting-fact_test.txt``, with the held-out books). Tune on
       validation, report on test.
-    - ``max_steps`` (default 6, the authors' BabiLong setting), ``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
+    - ``max_steps`` (default 6, the authors' BabiLong setting); every other keyword (``reward``, ``penalize_extra_steps``,
+      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward``, ``embedder``, ``render_mode``) is
+      passed through to :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
       else the user data folder); ``source``: "auto", "real", "generated", "real+generated" (training only:
       the real stories plus generated ones, see :func:`load_source`) or "babilong".
@@ -236,8 +237,7 @@ class BabilongEnv(QuestionSetEnv):
       unmatched samples skipped and counted (``env.unwrapped.release.summary()``). The haystack is
       fixed, so ``context_tokens``/``num_sentences`` do not apply, and ``split`` can only be "test".
     - ``max_chunks``: size of the action space; by default enough for the length asked.
-    - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
-      :func:`~qrag_gym.models.length_tokenizer` whatever the embedder).
+    - Lengths are counted with :func:`~qrag_gym.models.length_tokenizer` whatever the ``embedder``.
 
     ## Version history
     - v0: first release.
@@ -249,25 +249,18 @@ class BabilongEnv(QuestionSetEnv):
         context_tokens: int | None = None,
         num_sentences: int | None = None,
         split: str | None = None,
-        max_steps: int = 6,
-        reward: str = "shaped",
-        penalize_extra_steps: bool = True,
-        never_terminate: bool = False,
-        invalid_action_penalty: float = -0.1,
         data_dir: str | None = None,
         source: str = "auto",
         max_chunks: int | None = None,
-        embedder: str | TextEmbedder | None = None,
-        render_mode: str | None = None,
-        per_fact_reward: float = 0.0,
         release_length: str | None = None,
+        max_steps: int = 6,
+        **kwargs: Any,
     ) -> None:
         self._tokenizer = length_tokenizer()
         self.release: ReleaseSet | None = None
         if source == RELEASE_SOURCE:
             self._init_release(task, context_tokens, num_sentences, split, data_dir, release_length, max_chunks)
-            super().__init__(self.max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                             invalid_action_penalty, embedder, render_mode, per_fact_reward)
+            super().__init__(self.max_chunks, max_steps, **kwargs)
             return
         if release_length is not None:
             raise ValueError(f"release_length={release_length!r} only applies to source='babilong' (the BABILong "
@@ -298,8 +291,7 @@ class BabilongEnv(QuestionSetEnv):
         elif max_chunks < self._source.max_facts:  # else the first long story fails at reset, not here
             raise ValueError(f"max_chunks={max_chunks} cannot hold the {self._source.max_facts} facts of the longest "
                              f"{task} {split} story; give at least {self._source.max_facts} or leave it unset")
-        super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                         invalid_action_penalty, embedder, render_mode, per_fact_reward)
+        super().__init__(max_chunks, max_steps, **kwargs)
 
     def _init_release(self, task: str, context_tokens: int | None, num_sentences: int | None, split: str | None,
                       data_dir: str | None, release_length: str | None, max_chunks: int | None) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from qrag_gym.data.hotpotqa import DEFAULT_FILE, DEFAULT_FILES, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.models import count_tokens, length_tokenizer
-from qrag_gym.envs.retrieval import QuestionSetEnv, TextEmbedder
+from qrag_gym.envs.retrieval import QuestionSetEnv
 from qrag_gym.episode import Episode
 
 
@@ -63,12 +63,12 @@ class HotpotQAEnv(QuestionSetEnv):
       ``hotpotqa/dev_subsampled_400.jsonl`` (else ``hotpotqa/hotpot_dev_distractor_v1.jsonl``, what
       ``qrag-data fetch hotpotqa`` writes) under ``data_dir``, else ``$QRAG_DATA_DIR``, else the
       user data folder.
-    - ``max_steps`` (default 2, the paper's T for HotpotQA), ``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
+    - ``max_steps`` (default 2, the paper's T for HotpotQA); every other keyword (``reward``, ``penalize_extra_steps``,
+      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward``, ``embedder``, ``render_mode``) is
+      passed through to :class:`RetrievalEnv`.
     - ``max_chunks``: size of the action space; by default the most paragraphs of any question in the
       file, so every split has the same spaces.
-    - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
-      :func:`~qrag_gym.models.length_tokenizer` whatever the embedder).
+    - Lengths are counted with :func:`~qrag_gym.models.length_tokenizer` whatever the ``embedder``.
 
     Episodes are drawn uniformly from the split; to walk a split in order, pass
     ``options={"question_index": i}`` to ``reset`` (``0 <= i < env.unwrapped.num_questions``).
@@ -87,15 +87,9 @@ class HotpotQAEnv(QuestionSetEnv):
         split: str = "train",
         path: str | None = None,
         data_dir: str | None = None,
-        max_steps: int = 2,
-        reward: str = "shaped",
-        penalize_extra_steps: bool = True,
-        never_terminate: bool = False,
-        invalid_action_penalty: float = -0.1,
         max_chunks: int | None = None,
-        embedder: str | TextEmbedder | None = None,
-        render_mode: str | None = None,
-        per_fact_reward: float = 0.0,
+        max_steps: int = 2,
+        **kwargs: Any,
     ) -> None:
         self.path = resolve_hotpotqa_file(path, data_dir)
         every = _cached_questions(str(self.path.resolve()))
@@ -106,8 +100,7 @@ class HotpotQAEnv(QuestionSetEnv):
         self._token_counts = _cached_token_counts(str(self.path.resolve()))
         if max_chunks is None:
             max_chunks = max(len(q.paragraphs) for q in every)
-        super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                         invalid_action_penalty, embedder, render_mode, per_fact_reward)
+        super().__init__(max_chunks, max_steps, **kwargs)
 
     def episode_at(self, index: int) -> Episode:
         """The episode of the split's ``index``-th question (file order)."""

@@ -19,7 +19,7 @@ from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, 
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
 from qrag_gym.models import count_tokens, length_tokenizer
-from qrag_gym.envs.retrieval import RetrievalEnv, TextEmbedder
+from qrag_gym.envs.retrieval import RetrievalEnv
 from qrag_gym.episode import Episode
 from qrag_gym.validation import MAX_CHUNKS, MAX_CONTEXT_TOKENS, positive_int
 
@@ -86,14 +86,14 @@ class NiahEnv(RetrievalEnv):
     - ``split``: "train" or "validation" books for the essay haystack (BABILong's book split).
     - ``haystack``, ``type_needle_k``, ``type_needle_v``, ``num_needle_k``, ``num_needle_v``,
       ``num_needle_q``: override the variant's RULER settings (``None`` keeps them).
-    - ``max_steps`` (default 5, the authors' NIAH setting), ``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward`` as in :class:`RetrievalEnv`.
+    - ``max_steps`` (default 5, the authors' NIAH setting); every other keyword (``reward``, ``penalize_extra_steps``,
+      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward``, ``embedder``, ``render_mode``) is
+      passed through to :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``, else the user data
       folder); ``source``: "auto", "real" (books required) or "generated" (synthetic filler). Both only
       matter for the essay haystack: the repeat and needle haystacks are generated text.
     - ``max_chunks``: size of the action space; by default enough for the length asked.
-    - ``embedder``: model id/path for :meth:`RetrievalEnv.score` (lengths are counted with
-      :func:`~qrag_gym.models.length_tokenizer` whatever the embedder).
+    - Lengths are counted with :func:`~qrag_gym.models.length_tokenizer` whatever the ``embedder``.
 
     ## Version history
     - v0: first release.
@@ -110,17 +110,11 @@ class NiahEnv(RetrievalEnv):
         num_needle_k: int | None = None,
         num_needle_v: int | None = None,
         num_needle_q: int | None = None,
-        max_steps: int = 5,
-        reward: str = "shaped",
-        penalize_extra_steps: bool = True,
-        never_terminate: bool = False,
-        invalid_action_penalty: float = -0.1,
         data_dir: str | None = None,
         source: str = "auto",
         max_chunks: int | None = None,
-        embedder: str | TextEmbedder | None = None,
-        render_mode: str | None = None,
-        per_fact_reward: float = 0.0,
+        max_steps: int = 5,
+        **kwargs: Any,
     ) -> None:
         self.config: NiahConfig = variant_config(
             variant, haystack=haystack, type_needle_k=type_needle_k, type_needle_v=type_needle_v,
@@ -143,8 +137,7 @@ class NiahEnv(RetrievalEnv):
         if max_chunks is None:
             max_chunks = int(self.context_tokens / self._mean_sentence_tokens() * _CAPACITY_SLACK) + 64
             max_chunks = min(max_chunks + self.config.num_needles, MAX_CHUNKS)
-        super().__init__(max_chunks, max_steps, reward, penalize_extra_steps, never_terminate,
-                         invalid_action_penalty, embedder, render_mode, per_fact_reward)
+        super().__init__(max_chunks, max_steps, **kwargs)
 
     def _count(self, texts: list[str]) -> np.ndarray:
         return count_tokens(self._tokenizer, texts)
