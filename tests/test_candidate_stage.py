@@ -11,7 +11,7 @@ from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.candidates import candidate_delta, refine
 from qrag_agents.qrag.checkpoint import CheckpointError, load_model, save_model
 from qrag_agents.qrag.config import ConfigError, cpu_config
-from qrag_agents.qrag.inference import embed_document, shortlist_step, step_q_values
+from qrag_agents.qrag.inference import embed_document, step_q_values
 from qrag_agents.qrag.learner import Learner, summed_selected
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.pretrained import pretrained_folder
@@ -20,7 +20,6 @@ from qrag_agents.qrag.train import make_train_envs, train
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.evaluation import Cell, make_eval_env, run_cell, summarize
-from qrag_agents.qrag.shortlist import ChunkIndex
 
 FACTS = ["Mary moved to the bathroom.", "John went to the hallway.", "Daniel travelled to the office.",
          "Sandra journeyed to the garden.", "John picked up the football.", "Mary got the milk there.",
@@ -144,7 +143,7 @@ def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir)
     assert torch.equal(scored[1], action_q[1]) and torch.allclose(scored[1], final[0, outside], atol=1e-5)
 
 
-def test_stage_checkpoint_round_trip_and_shortlist_refusal(tmp_path, data_dir) -> None:
+def test_stage_checkpoint_round_trip(tmp_path, data_dir) -> None:
     network = stage_network(2)
     with torch.no_grad():
         for parameter in network.candidate_stage.parameters():
@@ -160,8 +159,6 @@ def test_stage_checkpoint_round_trip_and_shortlist_refusal(tmp_path, data_dir) -
     (tmp_path / "model" / "config.json").write_text(faithful)
     with pytest.raises(CheckpointError, match="weights do not fit"):
         load_model(tmp_path / "model")
-    with pytest.raises(ValueError, match="candidate stage"):
-        shortlist_step(network, ChunkIndex(chunks.numpy()), chunks, *args, k=4)
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from qrag_agents.qrag.rotary import rotary_frequencies, rotate
 from qrag_gym.document import Document
 from qrag_gym.embedding import TextEmbedder, shared_embedder
 from qrag_gym.evaluation import run_episode
-from qrag_agents.qrag.shortlist import ChunkIndex, certified_argmax
+from qrag_agents.qrag.shortlist import ChunkIndex, certified_argmax, certified_top
 
 SENTENCES = 2_000
 
@@ -30,8 +32,8 @@ def env(small_data_dir) -> gym.Env:
     return env
 
 
-def _network(integer: bool, perturbed: bool) -> QNetwork:
-    network = QNetwork(cpu_config(integer_positions=integer), shared_embedder("default")).eval()
+def _network(integer: bool, perturbed: bool, stage: bool = False) -> QNetwork:
+    network = QNetwork(cpu_config(integer_positions=integer, candidate_stage=stage), shared_embedder("default")).eval()
     if perturbed:  # adapters no longer the identity: a scorer unlike the plain dense retriever
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -58,6 +60,33 @@ def test_shortlist_matches_full_scan_on_real_episode(env: gym.Env, integer: bool
         assert found.shortlisted + found.fallback < base.num_chunks  # it did not just score everything
         selected.append(action)
         mask[action] = False
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, integer: bool) -> None:
+    """A model with a candidate stage: the certified top ``candidate_count + 1`` of the base Q, the stage's
+    correction on the first ``candidate_count``, give the full scan's argmax and max-Q at every step (the
+    stage's weights perturbed, so it does overturn base-Q orders)."""
+    base = env.unwrapped
+    network = _network(integer, perturbed=True, stage=True)
+    chunks = embed_document(network, base.chunks)
+    index = ChunkIndex(chunks.numpy())
+    selected: list[int] = []
+    mask = np.ones(base.num_chunks, dtype=bool)
+    overturned = 0
+    for _ in range(6):
+        q = step_q_values(network, chunks, base.question, base.chunks, selected, mask)
+        found = shortlist_step(network, index, chunks, base.question, base.chunks, selected, mask, k=8)
+        action = int(q.argmax())
+        assert found.action == action
+        assert found.value == pytest.approx(float(q[action]), abs=1e-5)
+        assert found.shortlisted + found.fallback < base.num_chunks
+        network.candidate_stage, stage = None, network.candidate_stage  # the base Q's own choice
+        overturned += int(step_q_values(network, chunks, base.question, base.chunks, selected, mask).argmax()) != action
+        network.candidate_stage = stage
+        selected.append(action)
+        mask[action] = False
+    assert overturned  # the stage changed at least one choice, so the test tells the two paths apart
 
 
 def test_qrag_episode_same_with_and_without_shortlist(small_data_dir, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,3 +171,29 @@ def test_agent_shortlist_option_acts_like_full_scan(env: gym.Env, tmp_path, monk
         runs.append((actions, agent._max_q))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), ranges=st.integers(1, 6), k=st.integers(1, 5), count=st.integers(1, 12),
+       noise=st.floats(0.0, 0.3), ties=st.booleans())
+def test_certified_top_is_the_exact_top_count(seed: int, ranges: int, k: int, count: int, noise: float, ties: bool) -> None:
+    """Any ranges, per-range queries off by up to their bounds, invalid chunks and duplicated vectors (exact
+    ties): the certified top ``count`` is the brute-force top ``count`` (ties lowest id first)."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((60, 8)).astype(np.float32)
+    if ties:
+        vectors[30:40] = vectors[:10]
+    query = rng.standard_normal(8).astype(np.float32)
+    starts = np.unique(np.concatenate([[0], rng.integers(1, 60, ranges - 1)])).astype(np.int64)
+    offsets = (noise * rng.standard_normal((len(starts), 8))).astype(np.float32)
+    queries = query + offsets
+    norm = float(np.linalg.norm(vectors, axis=1).max())
+    bounds = np.linalg.norm(offsets, axis=1) * norm + 1e-4
+    valid = rng.random(60) > 0.2
+    valid[0] = True
+    exact = lambda ids: (vectors[ids] * query).sum(1)  # noqa: E731 - row by row: the same bits in any subset
+    top = certified_top(ChunkIndex(vectors), queries, bounds, starts, valid, k, exact, count=count)
+    ids = np.flatnonzero(valid)
+    expected = ids[np.lexsort((ids, -exact(ids)))][:count]
+    assert top.ids.tolist() == expected.tolist()
+    np.testing.assert_array_equal(top.values, exact(expected))

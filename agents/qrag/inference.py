@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qrag_agents.qrag.candidates import refine
+from qrag_agents.qrag.candidates import candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotate
-from qrag_agents.qrag.shortlist import ChunkIndex, ShortlistResult, certified_argmax
+from qrag_agents.qrag.shortlist import ChunkIndex, ShortlistResult, certified_argmax, certified_top
 
 CHUNK_BATCH = 8192
 SHORTLIST_MIN_CHUNKS = 16_384
@@ -122,12 +122,12 @@ def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch
                    chunks: tuple[str, ...], selected: list[int], action_mask, k: int) -> ShortlistResult:
     """The same argmax and max-Q as :func:`step_q_values`, from a faiss shortlist of ``k`` per position bucket.
 
-    Only for models without a candidate stage: the shortlist certifies the argmax of the base Q, which
-    the stage may overturn."""
-    if network.candidate_stage is not None:
-        raise ValueError("shortlist: the certified shortlist finds the base-Q argmax, but this model has a "
-                         "candidate stage (candidate_stage=true) that re-scores the top candidates; use the full "
-                         "scan (no shortlist) for it")
+    Faithful Q-RAG: the certified argmax of the base Q. With a candidate stage: the certified top
+    ``candidate_count + 1`` by base Q; the first ``candidate_count`` are the stage's candidates (as in
+    :func:`refine`) and get its correction, and the next one stands for every other chunk, which keeps its
+    base Q, so the result is the full scan's argmax of the final Q. (Chunks of exactly equal base Q at the
+    edge of the candidate set are taken lowest id first, which a full scan's ``topk`` need not do.)
+    """
     state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])[0]
     rho = _positions(network, len(chunks), selected)
     state_np = state.cpu().numpy()
@@ -140,13 +140,26 @@ def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch
         queries = turned.cpu().numpy()
         bounds = rotation_bounds(state_np, network.frequencies.cpu().numpy(), half_widths, index.max_norm)
 
-    def exact(ids: np.ndarray) -> np.ndarray:
+    def halves(ids: np.ndarray) -> torch.Tensor:
         rows = torch.from_numpy(ids).to(network.device)
         positions = None if rho is None else rho[rows]
-        return network.q_halves(state, chunk_embeddings[rows], positions).sum(-1).cpu().numpy()
+        return network.q_halves(state, chunk_embeddings[rows], positions)
 
     valid = np.asarray(action_mask[: len(chunks)], dtype=bool)
-    return certified_argmax(index, queries, bounds, starts, valid, k, exact)
+    exact = lambda ids: halves(ids).sum(-1).cpu().numpy()  # noqa: E731
+    if network.candidate_stage is None:
+        return certified_argmax(index, queries, bounds, starts, valid, k, exact)
+    count = network.config.candidate_count
+    top = certified_top(index, queries, bounds, starts, valid, k, exact, count=count + 1)
+    picked = top.ids[:count]
+    rows = torch.from_numpy(picked).to(network.device)
+    base = halves(picked)
+    delta = candidate_delta(network, state[None], chunk_embeddings[rows][None], base[None],
+                            None if rho is None else rho[rows][None], rows[None], torch.ones_like(rows, dtype=torch.bool)[None])
+    final = np.concatenate([(base + delta[0]).sum(-1).cpu().numpy(), top.values[count:]])
+    ids = top.ids[: len(final)]
+    best = int(np.lexsort((ids, -final))[0])
+    return ShortlistResult(int(ids[best]), float(final[best]), top.shortlisted, top.fallback)
 
 
 def use_shortlist(shortlist: int | None, num_chunks: int) -> bool:

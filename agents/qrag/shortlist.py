@@ -11,7 +11,8 @@ A range's query is exact only up to a known bound (the rotation of a bucket's ce
 each chunk in it). The result is still *certified*: after re-scoring, ``best`` is a true score, and
 a range whose ``k``-th approximate score plus its bound reaches ``best`` may hide a better chunk,
 so that whole range is re-scored exactly as well. The returned action is therefore the exact
-argmax (up to float rounding), never a guess; the bound only decides how much is re-scored.
+argmax (up to float rounding), never a guess; the bound only decides how much is re-scored. The same
+rule certifies the exact top ``count`` (:func:`certified_top`), which a model with a candidate stage needs.
 """
 
 from __future__ import annotations
@@ -69,7 +70,17 @@ class ChunkIndex:
         return scores[0][keep], ids[0][keep]
 
 
-def certified_argmax(
+@dataclass
+class TopChunks:
+    """The exact top chunks found through a shortlist, best first, and how much work finding them took."""
+
+    ids: np.ndarray
+    values: np.ndarray
+    shortlisted: int
+    fallback: int
+
+
+def certified_top(
     index: ChunkIndex,
     queries: np.ndarray,
     bounds: np.ndarray,
@@ -77,8 +88,10 @@ def certified_argmax(
     valid: np.ndarray,
     k: int,
     exact: Callable[[np.ndarray], np.ndarray],
-) -> ShortlistResult:
-    """argmax over valid chunks of ``exact(ids)``, searching range ``r`` with ``queries[r]``.
+    count: int = 1,
+) -> TopChunks:
+    """The ``count`` valid chunks with the highest ``exact(ids)``, best first (ties: lowest id first),
+    searching range ``r`` with ``queries[r]``.
 
     Args:
         queries: ``(R, dim)``, one query per range.
@@ -87,6 +100,9 @@ def certified_argmax(
         valid: ``(num_chunks,)`` bool, the chunks that may be chosen.
         k: shortlist size per range (plus however many invalid chunks a range holds).
         exact: exact scores of the given chunk ids.
+        count: how many of the best to certify. A chunk left out of its range's top ``k`` scores at most
+            that range's ``k``-th approximate score plus its bound; a range where that could reach the
+            ``count``-th best exact score found is re-scored in full, so no chunk outside the result can beat it.
     """
     stops = np.append(starts[1:], index.num_chunks)
     invalid_before = np.concatenate([[0], np.cumsum(~valid)])
@@ -103,8 +119,8 @@ def certified_argmax(
         raise ValueError("no valid chunk to choose")
     shortlist = np.unique(np.concatenate(candidates))
     values = exact(shortlist)
-    best = float(values.max())
-    uncertain = np.flatnonzero(kth + bounds >= best)
+    threshold = np.sort(values)[-count] if len(values) >= count else -np.inf
+    uncertain = np.flatnonzero(kth + bounds >= threshold)
     extra = [np.arange(starts[r], stops[r]) for r in uncertain.tolist()]
     fallback = 0
     if extra:
@@ -114,7 +130,12 @@ def certified_argmax(
         if fallback:
             shortlist = np.concatenate([shortlist, more])
             values = np.concatenate([values, exact(more)])
-    order = np.argsort(shortlist, kind="stable")  # ties go to the lowest chunk id, as a full-scan argmax does
-    shortlist, values = shortlist[order], values[order]
-    best_row = int(np.argmax(values))
-    return ShortlistResult(int(shortlist[best_row]), float(values[best_row]), len(shortlist) - fallback, fallback)
+    order = np.lexsort((shortlist, -values))[:count]  # best first; ties go to the lowest chunk id, as argmax does
+    return TopChunks(shortlist[order], values[order], len(shortlist) - fallback, fallback)
+
+
+def certified_argmax(index: ChunkIndex, queries: np.ndarray, bounds: np.ndarray, starts: np.ndarray, valid: np.ndarray,
+                     k: int, exact: Callable[[np.ndarray], np.ndarray]) -> ShortlistResult:
+    """argmax over valid chunks of ``exact(ids)`` (:func:`certified_top` with ``count=1``)."""
+    top = certified_top(index, queries, bounds, starts, valid, k, exact)
+    return ShortlistResult(int(top.ids[0]), float(top.values[0]), top.shortlisted, top.fallback)
