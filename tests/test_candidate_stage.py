@@ -40,11 +40,11 @@ def test_config_rejects_a_stage_that_cannot_compare() -> None:
 
 
 def test_stage_off_scores_exactly_as_faithful_q_rag(data_dir) -> None:
-    """A shipped model (its config.json predates the stage) and a fresh stage-off network both score every
-    chunk with the faithful formula, bit for bit; a new stage starts at the faithful model too."""
-    shipped = load_model(pretrained_folder("qa2"))
+    """A faithful shipped model (qa3: its config.json predates the stage) and a fresh stage-off network both
+    score every chunk with the faithful formula, bit for bit; a new stage starts at the faithful model too."""
+    shipped = load_model(pretrained_folder("qa3"))
     assert shipped.candidate_stage is None
-    env = make_eval_env("qa2", 1_000, "validation")
+    env = make_eval_env("qa3", 1_000, "validation")
     _, info = env.reset(seed=3)
     base = env.unwrapped
     chunks = embed_document(shipped, base.chunks)

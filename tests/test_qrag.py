@@ -155,7 +155,8 @@ def test_preset_config_layers_preset_task_tuning_and_user_values() -> None:
     assert preset_config("cpu/qa1", {"gamma": 0.9}, updates=7).gamma == 0.9  # --set wins
     assert preset_config("cpu/qa1", {}, updates=7).total_updates == 7
     qa2 = preset_config("cpu/qa2", {})
-    assert (qa2.per_fact_reward, qa2.full_episode_share, qa2.gamma) == (0.1, 1.0, 0.99)
+    assert (qa2.per_fact_reward, qa2.full_episode_share, qa2.gamma, qa2.candidate_stage) == (0.1, 1.0, 0.99, True)
+    assert not preset_config("cpu/qa3", {}).candidate_stage  # adopted for qa2 only
     assert preset_config("paper/qa1", {}).gamma == 0.99  # the paper preset keeps the paper's values
     assert preset_config("cpu/niah:all", {}).positions == "none"
 

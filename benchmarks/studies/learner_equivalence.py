@@ -34,7 +34,7 @@ LEARNERS = {"baseline (d2713a5)": BaselineLearner, "ids + tensors": Learner}
 
 def train_one(cls: type, task: str, updates: int, data_dir: str | None) -> tuple[Any, list[float], float]:
     """``updates`` updates of a fresh ``cls`` learner (seed 0, ``cpu/<task>`` preset); its td_losses and CPU seconds."""
-    config = preset_config(f"cpu/{task}", {}, updates)
+    config = preset_config(f"cpu/{task}", {"candidate_stage": False}, updates)  # faithful, as the baseline
     embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
     envs = make_train_envs(config, data_dir)
     prefetch_features(envs[0])

@@ -40,8 +40,9 @@ LEARNERS = {"baseline (d2713a5)": BaselineLearner, "ids + tensors": Learner}
 
 
 def build(cls: type, task: str, data_dir: str | None) -> Any:
-    """A learner of ``cls`` on the ``cpu/<task>`` preset (Boltzmann phase from the start), seed 0."""
-    config = preset_config(f"cpu/{task}", {"random_transitions": 0})
+    """A learner of ``cls`` on the ``cpu/<task>`` preset (Boltzmann phase from the start, faithful Q-RAG: the
+    frozen baseline has no candidate stage), seed 0."""
+    config = preset_config(f"cpu/{task}", {"random_transitions": 0, "candidate_stage": False})
     embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
     envs = make_train_envs(config, data_dir)
     prefetch_features(envs[0])
