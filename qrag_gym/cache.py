@@ -42,7 +42,7 @@ MARKER_TEXT = (
 _SHARD = re.compile(r"shard-\d+-\d+\.npz")
 _OWN_FILE = re.compile(r"(?:shard-\d+-\d+\.npz(?:\.unreadable)?|\.shard-\d+-\d+\.npz\.\w+\.tmp"
                        r"|counts-[0-9a-f]{32}\.npy|\.counts-[0-9a-f]{32}\.npy\.\w+\.tmp"
-                       r"|table-[0-9a-f]{32}(?:\.filled)?\.npy|\.table-[0-9a-f]{32}(?:\.filled)?\.npy\.\w+\.tmp)")
+                       r"|table-[0-9a-f]{32}(?:\.npy|\.filled\.npz)|\.table-[0-9a-f]{32}(?:\.npy|\.filled\.npz)\.\w+\.tmp)")
 """Every name this module (and :mod:`qrag_gym.features`) writes inside a cache subfolder: shards, moved-aside
 shards, token-count arrays, feature tables and their bitmaps, and their temporary files."""
 TOKEN_COUNTS = "token-counts"

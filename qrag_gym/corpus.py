@@ -4,8 +4,8 @@ A :class:`TextTable` is a fixed list of texts (one book folder's sentences, one 
 whose position is its id, with a fingerprint of its content. A :class:`Corpus` puts several tables in
 one id space, so an episode is an array of chunk ids (``Episode.chunk_ids``) and everything per chunk
 (token counts, encoder features: :mod:`qrag_gym.features`) is gathered by id instead of looked up by
-text. Books and facts are separate tables, so the large book table (and its features) is shared by every
-task that hides facts among the same books.
+text. Books and facts are separate tables, so the large book table's features (keyed by the fingerprint of
+its texts) are shared by every task that hides facts among the same books.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ class Corpus:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    @property
-    def fingerprint(self) -> str:
-        return "+".join(table.fingerprint for table in self.tables)
-
     def check(self, ids: np.ndarray) -> np.ndarray:
-        """``ids`` as an int64 array, or a ValueError naming the first id outside the corpus."""
-        ids = np.asarray(ids, dtype=np.int64)
+        """``ids`` as an int64 array, or a ValueError: for ids that are not integers, or naming the first id
+        outside the corpus."""
+        ids = np.asarray(ids)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"chunk ids must be integers, got an array of {ids.dtype}")
+        ids = ids.astype(np.int64, copy=False)
         bad = (ids < 0) | (ids >= len(self))
         if bad.any():
             raise ValueError(f"chunk id {int(ids[bad][0])} is outside this corpus of {len(self)} texts")

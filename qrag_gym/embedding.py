@@ -134,8 +134,8 @@ class TextEmbedder:
 
         ``persist=False`` keeps new vectors out of the disk cache: right for one-off queries. Registered
         generated texts (:func:`register_one_off_texts`) never reach it either. ``remember=False`` keeps
-        them out of the in-memory cache: the feature tables (:mod:`qrag_gym.features`) hold corpus
-        vectors by id, so a second copy keyed by text would only double the memory.
+        them out of this embedder's text-keyed memory cache (the disk cache, if any, still stores them):
+        the feature tables (:mod:`qrag_gym.features`) hold corpus vectors by id instead.
         """
         if not remember:
             out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -40,8 +40,12 @@ class Episode:
     def __post_init__(self) -> None:
         if (self.chunk_ids is None) != (self.corpus is None):
             raise ValueError("chunk_ids and corpus come together: give both or neither")
-        if self.chunk_ids is not None and self.chunk_ids.shape != (len(self.chunks),):
-            raise ValueError(f"{self.chunk_ids.shape} chunk ids for {len(self.chunks)} chunks")
+        if self.chunk_ids is not None:
+            ids = self.chunk_ids
+            if not isinstance(ids, np.ndarray) or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"chunk_ids must be an integer numpy array, got {type(ids).__name__}")
+            if ids.shape != (len(self.chunks),):
+                raise ValueError(f"{ids.shape} chunk ids for {len(self.chunks)} chunks")
         bad = [i for i in self.supporting_ids if not 0 <= i < len(self.chunks)]
         if bad:
             raise ValueError(f"supporting ids {bad} are outside the {len(self.chunks)} chunks")

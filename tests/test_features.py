@@ -3,6 +3,7 @@ processes, survive interrupted writes, score long documents in blocks and are cl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -28,6 +29,14 @@ def facts(data_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> TextEmbedder:
     return TextEmbedder(cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _damage(path: Path) -> None:
+    """Put a file that is not this table at ``path`` (a new file: truncating the mapped one in place would
+    crash every process mapping it, which the package itself never does)."""
+    other = path.with_name("damaged.npy")
+    np.save(other, np.zeros((2, 2), dtype=np.float32))
+    os.replace(other, path)
 
 
 def _table(texts: list[str]) -> TextTable:
@@ -70,8 +79,8 @@ def test_unmarked_rows_are_encoded_again_and_a_foreign_shape_is_rebuilt(facts: l
     reread = FeatureTable(table, embedder, embedder.disk.folder)
     assert not reread.filled.any()
     np.testing.assert_array_equal(reread.rows(np.arange(10)), expected)
-    np.save(reread.path, np.zeros((3, 3), dtype=np.float32))
-    with pytest.warns(RuntimeWarning, match=r"shape \(3, 3\).*rebuilt"):
+    _damage(reread.path)
+    with pytest.warns(RuntimeWarning, match=r"shape \(2, 2\).*rebuilt"):
         rebuilt = FeatureTable(table, embedder, embedder.disk.folder)
     np.testing.assert_array_equal(rebuilt.rows(np.arange(10)), expected)
 
@@ -130,7 +139,7 @@ def test_training_env_prefetch_fills_every_row(make_env) -> None:
     from qrag_agents.qrag.train import prefetch_features
 
     env = make_env("qa1", 1_000, embedder="default").unwrapped
-    prefetch_features(env)
+    prefetch_features(env, env.embedder)
     features = features_module.corpus_features(env.corpus, env.embedder)
     assert all(table.filled.all() for table in features.tables)
     env.reset(seed=0)
@@ -143,3 +152,48 @@ def test_gym_make_episode_ids_survive_vector_envs(data_dir) -> None:
     env.reset(seed=[1, 2])
     for episode in env.unwrapped.episodes:
         assert episode.corpus.texts(episode.chunk_ids) == episode.chunks
+
+
+def test_openers_share_one_file_and_marks_survive_concurrent_fills(facts: list[str], embedder: TextEmbedder) -> None:
+    """A second opener maps the file the first published (never replaces it), and each filler's bitmap keeps
+    the rows the other marked meanwhile."""
+    table = _table(facts[20:30])
+    first = FeatureTable(table, embedder, embedder.disk.folder)
+    second = FeatureTable(table, embedder, embedder.disk.folder)
+    assert np.array_equal(first.identity, second.identity)
+    first.fill(np.array([0, 1]))
+    second.fill(np.array([2]))  # second's own marks are only {2}: the bitmap it writes must still hold 0 and 1
+    assert np.flatnonzero(FeatureTable(table, embedder, embedder.disk.folder).filled).tolist() == [0, 1, 2]
+
+
+def test_marks_made_for_a_replaced_file_are_never_read(facts: list[str], embedder: TextEmbedder) -> None:
+    """A process still writing into a table file that another process replaced (a rebuild) writes its bitmap
+    for the old file: a reader of the new file ignores it, instead of reading zeros as written rows."""
+    table = _table(facts[30:40])
+    old = FeatureTable(table, embedder, embedder.disk.folder)
+    _damage(old.path)  # the next opener rebuilds it
+    with pytest.warns(RuntimeWarning, match="rebuilt"):
+        FeatureTable(table, embedder, embedder.disk.folder)
+    old.fill(np.arange(10))  # rows go to the file `old` maps; its bitmap names that file
+    reader = FeatureTable(table, embedder, embedder.disk.folder)
+    assert not reader.filled.any()
+    np.testing.assert_array_equal(reader.rows(np.arange(10)), embedder.encode(facts[30:40]))
+
+
+def test_episode_ids_must_be_integers_and_name_the_episodes_texts(make_env) -> None:
+    from dataclasses import replace
+
+    base = make_env("qa1", 1_000).unwrapped
+    base.reset(seed=0)
+    episode = base.episode
+    with pytest.raises(ValueError, match="integer numpy array"):
+        replace(episode, chunk_ids=episode.chunk_ids.tolist())
+    with pytest.raises(ValueError, match="must be integers"):
+        episode.corpus.texts(episode.chunk_ids.astype(float))
+    shuffled = replace(episode, chunk_ids=episode.chunk_ids[::-1].copy())
+    with pytest.raises(ValueError, match="chunk_ids name other texts"):
+        base.reset(options={"episode": shuffled})
+    with pytest.raises(TypeError, match="must be a qrag_gym.episode.Episode"):
+        base.reset(options={"episode": {"chunks": episode.chunks}})
+    base.reset(options={"episode": replace(episode, chunk_ids=None, corpus=None)})  # text only: allowed
+    assert base.chunks == episode.chunks and base.episode.chunk_ids is None

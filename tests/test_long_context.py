@@ -42,35 +42,9 @@ def _network(integer: bool, perturbed: bool, stage: bool = False) -> QNetwork:
     return network
 
 
-@pytest.mark.parametrize("integer", [False, True])
-@pytest.mark.parametrize("perturbed", [False, True])
-def test_shortlist_matches_full_scan_on_real_episode(env: gym.Env, integer: bool, perturbed: bool) -> None:
-    base = env.unwrapped
-    network = _network(integer, perturbed)
-    chunks = embed_document(network, base.chunks)
-    index = ChunkIndex(chunks.numpy())
-    selected: list[int] = []
-    mask = np.ones(base.num_chunks, dtype=bool)
-    for _ in range(6):
-        q = step_q_values(network, chunks, base.question, base.chunks, selected, mask)
-        found = shortlist_step(network, index, chunks, base.question, base.chunks, selected, mask, k=8)
-        action = int(q.argmax())
-        assert found.action == action
-        assert found.value == pytest.approx(float(q[action]), abs=1e-5)
-        assert found.shortlisted + found.fallback < base.num_chunks  # it did not just score everything
-        selected.append(action)
-        mask[action] = False
-
-
-@pytest.mark.parametrize("integer", [False, True])
-def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, integer: bool) -> None:
-    """A model with a candidate stage: the certified top ``candidate_count + 1`` of the base Q, the stage's
-    correction on the first ``candidate_count``, give the full scan's argmax and max-Q at every step (the
-    stage's weights perturbed, so it does overturn base-Q orders)."""
-    base = env.unwrapped
-    network = _network(integer, perturbed=True, stage=True)
-    chunks = embed_document(network, base.chunks)
-    index = ChunkIndex(chunks.numpy())
+def follow_full_scan(network: QNetwork, base, chunks: torch.Tensor, index: ChunkIndex) -> int:
+    """Six greedy steps on ``base``'s episode, the shortlist's action and max-Q checked against the full scan's
+    at each; returns at how many steps a candidate stage changed the base Q's choice (0 without one)."""
     selected: list[int] = []
     mask = np.ones(base.num_chunks, dtype=bool)
     overturned = 0
@@ -80,13 +54,39 @@ def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, intege
         action = int(q.argmax())
         assert found.action == action
         assert found.value == pytest.approx(float(q[action]), abs=1e-5)
-        assert found.shortlisted + found.fallback < base.num_chunks
-        network.candidate_stage, stage = None, network.candidate_stage  # the base Q's own choice
-        overturned += int(step_q_values(network, chunks, base.question, base.chunks, selected, mask).argmax()) != action
-        network.candidate_stage = stage
+        assert found.shortlisted + found.fallback < base.num_chunks  # it did not just score everything
+        if network.candidate_stage is not None:
+            network.candidate_stage, stage = None, network.candidate_stage  # the base Q's own choice
+            overturned += int(step_q_values(network, chunks, base.question, base.chunks, selected, mask).argmax()) != action
+            network.candidate_stage = stage
         selected.append(action)
         mask[action] = False
-    assert overturned  # the stage changed at least one choice, so the test tells the two paths apart
+    return overturned
+
+
+@pytest.mark.parametrize("integer", [False, True])
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_shortlist_matches_full_scan_on_real_episode(env: gym.Env, integer: bool, perturbed: bool) -> None:
+    network = _network(integer, perturbed)
+    chunks = embed_document(network, env.unwrapped.chunks)
+    follow_full_scan(network, env.unwrapped, chunks, ChunkIndex(chunks.numpy()))
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, integer: bool) -> None:
+    """A model with a candidate stage: the certified top ``candidate_count + 1`` of the base Q, the stage's
+    correction on the first ``candidate_count``, give the full scan's argmax and max-Q at every step (the
+    stage's weights perturbed, so it does overturn base-Q orders), also with fewer valid chunks than candidates."""
+    base = env.unwrapped
+    network = _network(integer, perturbed=True, stage=True)
+    chunks = embed_document(network, base.chunks)
+    index = ChunkIndex(chunks.numpy())
+    assert follow_full_scan(network, base, chunks, index)  # the stage changed a choice: the paths can differ
+    few = np.zeros(base.num_chunks, dtype=bool)
+    few[np.random.default_rng(0).choice(base.num_chunks, 5, replace=False)] = True  # fewer than candidate_count
+    q = step_q_values(network, chunks, base.question, base.chunks, [], few)
+    found = shortlist_step(network, index, chunks, base.question, base.chunks, [], few, k=2)
+    assert found.action == int(q.argmax()) and found.value == pytest.approx(float(q.max()), abs=1e-5)
 
 
 def test_qrag_episode_same_with_and_without_shortlist(small_data_dir, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -149,14 +149,18 @@ def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch
     exact = lambda ids: halves(ids).sum(-1).cpu().numpy()  # noqa: E731
     if network.candidate_stage is None:
         return certified_argmax(index, queries, bounds, starts, valid, k, exact)
-    count = network.config.candidate_count
+    count = min(network.config.candidate_count, len(chunks))
     top = certified_top(index, queries, bounds, starts, valid, k, exact, count=count + 1)
     picked = top.ids[:count]
-    rows = torch.from_numpy(picked).to(network.device)
-    base = halves(picked)
+    # As refine does: a candidate set of fewer valid chunks than ``count`` is padded with copies of the best
+    # one marked invalid (the stage's document-order ranks are spread over ``count`` slots either way).
+    slots = np.concatenate([picked, np.full(count - len(picked), picked[0])])
+    real = torch.from_numpy(np.arange(count) < len(picked)).to(network.device)
+    rows = torch.from_numpy(slots).to(network.device)
+    base = halves(slots)
     delta = candidate_delta(network, state[None], chunk_embeddings[rows][None], base[None],
-                            None if rho is None else rho[rows][None], rows[None], torch.ones_like(rows, dtype=torch.bool)[None])
-    final = np.concatenate([(base + delta[0]).sum(-1).cpu().numpy(), top.values[count:]])
+                            None if rho is None else rho[rows][None], rows[None], real[None])
+    final = np.concatenate([(base + delta[0]).sum(-1).cpu().numpy()[: len(picked)], top.values[count:]])
     ids = top.ids[: len(final)]
     best = int(np.lexsort((ids, -final))[0])
     return ShortlistResult(int(ids[best]), float(final[best]), top.shortlisted, top.fallback)

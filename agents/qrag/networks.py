@@ -102,13 +102,23 @@ class QNetwork(nn.Module):
 
     def episode_features(self, episodes: list[Episode]) -> torch.Tensor:
         """The frozen features of every chunk of ``episodes``, concatenated ``(sum of sizes, d)`` (adapter
-        build): gathered by chunk id from the corpus's feature table when the episodes share one corpus
-        (BABILong), else encoded from their texts (generated needles, HotpotQA paragraphs)."""
-        corpora = {id(episode.corpus) for episode in episodes}
-        if episodes[0].corpus is not None and len(corpora) == 1:
-            ids = np.concatenate([episode.chunk_ids for episode in episodes])
-            return torch.from_numpy(corpus_features(episodes[0].corpus, self._embedder).rows(ids)).to(self.device)
-        return self._features([text for episode in episodes for text in episode.chunks])
+        build): gathered by chunk id from each corpus's feature tables (BABILong), encoded from the texts for
+        episodes without ids (generated needles, HotpotQA paragraphs)."""
+        sizes = [len(episode.chunks) for episode in episodes]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        out = np.empty((int(starts[-1]), self.dim), dtype=np.float32)
+        groups: dict[int, list[int]] = {}
+        for row, episode in enumerate(episodes):
+            groups.setdefault(id(episode.corpus), []).append(row)
+        for rows in groups.values():
+            spans = np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows])
+            corpus = episodes[rows[0]].corpus
+            if corpus is None:
+                out[spans] = self._embedder.encode([text for row in rows for text in episodes[row].chunks])
+            else:
+                ids = np.concatenate([episodes[row].chunk_ids for row in rows])
+                out[spans] = corpus_features(corpus, self._embedder).rows(ids)
+        return torch.from_numpy(out).to(self.device)
 
     def adapt_chunks(self, features: torch.Tensor) -> torch.Tensor:
         """E_a from frozen features ``(..., d)`` (adapter build): ``normalize(e + MLP(e))``."""

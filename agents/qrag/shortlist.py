@@ -98,7 +98,7 @@ def certified_top(
         bounds: ``(R,)``, ``|exact score - <queries[r], e_a>|`` is at most this for every chunk ``a`` in range ``r``.
         starts: ``(R,)`` first chunk of each range (ascending; range ``r`` ends where ``r + 1`` starts).
         valid: ``(num_chunks,)`` bool, the chunks that may be chosen.
-        k: shortlist size per range (plus however many invalid chunks a range holds).
+        k: shortlist size per range (at least ``count``, plus however many invalid chunks a range holds).
         exact: exact scores of the given chunk ids.
         count: how many of the best to certify. A chunk left out of its range's top ``k`` scores at most
             that range's ``k``-th approximate score plus its bound; a range where that could reach the
@@ -111,7 +111,7 @@ def certified_top(
         invalid = int(invalid_before[stop] - invalid_before[start])
         if stop - start == invalid:
             continue
-        scores, ids = index.top_k(queries[r], start, stop, k + invalid)
+        scores, ids = index.top_k(queries[r], start, stop, max(k, count) + invalid)
         if len(ids) < stop - start:  # the range holds chunks beyond its shortlist
             kth[r] = scores[-1]
         candidates.append(ids[valid[ids]])

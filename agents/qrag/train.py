@@ -26,7 +26,7 @@ from qrag_agents.qrag.config import NIAH_ALL, NIAH_PREFIX, ConfigError, QRAGConf
 from qrag_agents.qrag.learner import Learner
 from qrag_agents.qrag.networks import QNetwork
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
-from qrag_gym.embedding import shared_embedder
+from qrag_gym.embedding import TextEmbedder, shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.envs.hotpotqa import HotpotQAEnv
 from qrag_gym.envs.niah import NiahEnv
@@ -104,13 +104,14 @@ def make_validation_envs(config: QRAGConfig, data_dir: str | None) -> list[tuple
     return envs
 
 
-def prefetch_features(env: BabilongEnv) -> None:
-    """Fill the feature tables of every sentence an env can draw (its books and stories) in one batched pass.
+def prefetch_features(env: BabilongEnv, embedder: TextEmbedder) -> None:
+    """Fill ``embedder``'s feature tables of every sentence ``env`` can draw (its books and stories) in one
+    batched pass: the learner's embedder, which may differ from the env's (another ``chunk_max_tokens``).
 
     Misses are then encoded together instead of one forward pass per reset, and every later episode's
     features are gathered by chunk id (:mod:`qrag_gym.features`).
     """
-    corpus_features(env.corpus, env.embedder).fill()
+    corpus_features(env.corpus, embedder).fill()
 
 
 def validate(learner: Learner, envs: list[tuple[str, gym.Env]], writer: SummaryWriter, out: Path,
@@ -154,8 +155,8 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     envs = make_train_envs(config, data_dir)
     validation = make_validation_envs(config, data_dir)
     if embedder is not None and isinstance(envs[0], BabilongEnv):
-        prefetch_features(envs[0])
-        prefetch_features(validation[0][1].unwrapped)
+        prefetch_features(envs[0], embedder)
+        prefetch_features(validation[0][1].unwrapped, embedder)
     learner = Learner(config, envs, online, target)
     best = -1.0
     state = load_trainer(out) if resume else None

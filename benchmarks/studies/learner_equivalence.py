@@ -37,7 +37,7 @@ def train_one(cls: type, task: str, updates: int, data_dir: str | None) -> tuple
     config = preset_config(f"cpu/{task}", {"candidate_stage": False}, updates)  # faithful, as the baseline
     embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
     envs = make_train_envs(config, data_dir)
-    prefetch_features(envs[0])
+    prefetch_features(envs[0], embedder)
     torch.manual_seed(config.seed)
     learner = cls(config, envs, QNetwork(config, embedder), QNetwork(config, embedder))
     losses, start = [], time.process_time()

@@ -45,7 +45,7 @@ def build(cls: type, task: str, data_dir: str | None) -> Any:
     config = preset_config(f"cpu/{task}", {"random_transitions": 0, "candidate_stage": False})
     embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
     envs = make_train_envs(config, data_dir)
-    prefetch_features(envs[0])
+    prefetch_features(envs[0], embedder)
     torch.manual_seed(config.seed)
     return cls(config, envs, QNetwork(config, embedder), QNetwork(config, embedder))
 

@@ -246,6 +246,7 @@ class BabilongEnv(QuestionSetEnv):
     def __init__(
         self,
         task: str = "qa1",
+        *,
         context_tokens: int | None = None,
         num_sentences: int | None = None,
         split: str | None = None,

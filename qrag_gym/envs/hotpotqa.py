@@ -85,6 +85,7 @@ class HotpotQAEnv(QuestionSetEnv):
     def __init__(
         self,
         split: str = "train",
+        *,
         path: str | None = None,
         data_dir: str | None = None,
         max_chunks: int | None = None,

@@ -102,6 +102,7 @@ class NiahEnv(RetrievalEnv):
     def __init__(
         self,
         variant: str = "single_1",
+        *,
         context_tokens: int = 4_000,
         split: str = "train",
         haystack: str | None = None,

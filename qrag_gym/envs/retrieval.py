@@ -142,7 +142,15 @@ class RetrievalEnv(gym.Env, ABC):
         if "question_index" in options:
             raise ValueError(f"options['question_index']: {type(self).__name__} has no fixed question set "
                              "(its documents are generated); reset with a seed instead")
-        return options.get("episode") or self._sample_episode()
+        episode = options.get("episode")
+        if episode is None:
+            return self._sample_episode()
+        if not isinstance(episode, Episode):
+            raise TypeError(f"options['episode'] must be a qrag_gym.episode.Episode, got {type(episode).__name__}")
+        if episode.chunk_ids is not None and episode.corpus.texts(episode.chunk_ids) != episode.chunks:
+            raise ValueError("options['episode']: its chunk_ids name other texts than its chunks (features are "
+                             "gathered by id); drop chunk_ids and corpus (dataclasses.replace) or fix them")
+        return episode
 
     def _shortfall(self, episode: Episode) -> str | None:
         """How ``episode`` falls short of the length asked, or None (subclasses that take a length say)."""
