@@ -155,8 +155,7 @@ def test_preset_config_layers_preset_task_tuning_and_user_values() -> None:
     assert preset_config("cpu/qa1", {"gamma": 0.9}, updates=7).gamma == 0.9  # --set wins
     assert preset_config("cpu/qa1", {}, updates=7).total_updates == 7
     qa2 = preset_config("cpu/qa2", {})
-    assert (qa2.per_fact_reward, qa2.full_episode_share, qa2.gamma, qa2.candidate_stage) == (0.1, 1.0, 0.99, True)
-    assert not preset_config("cpu/qa3", {}).candidate_stage  # adopted for qa2 only
+    assert (qa2.per_fact_reward, qa2.full_episode_share, qa2.gamma, qa2.candidate_stage) == (0.1, 1.0, 0.99, False)
     assert preset_config("paper/qa1", {}).gamma == 0.99  # the paper preset keeps the paper's values
     assert preset_config("cpu/niah:all", {}).positions == "none"
 
@@ -286,6 +285,10 @@ def test_shipped_models_load_and_beat_dense_multistep_on_test_stories(small_data
     scores = {name: summarize(run_cell(Cell(name, "qa2", "1K", 1_000, 0, 20), make_agent(name), env))["success_at_k"]
               for name in ("qrag", "dense-multistep")}
     assert scores["qrag"] >= 0.6 and scores["qrag"] >= scores["dense-multistep"] + 0.4, scores
+    stage = QRAGAgent.from_pretrained("qa2-stage")  # the candidate-stage model ships beside faithful qa2
+    staged = summarize(run_cell(Cell("qrag-stage", "qa2", "1K", 1_000, 0, 20), stage, env))["success_at_k"]
+    assert stage.network.candidate_stage is not None and stage.network.config.task == "qa2"
+    assert staged >= scores["dense-multistep"] + 0.4, staged
     with pytest.raises(FileNotFoundError, match="shipped: "):
         QRAGAgent.from_pretrained("qa9")
 

@@ -218,16 +218,16 @@ qa1 0.92 -> 0.955, qa4 0.71 -> 0.88, qa5 0.92 -> 0.96)."""
 
 CPU_TASK_TUNING: dict[str, dict[str, Any]] = {
     "qa1": ONE_FACT_TUNING,
-    "qa2": {"per_fact_reward": 0.1, "full_episode_share": 1.0, "candidate_stage": True},
+    "qa2": {"per_fact_reward": 0.1, "full_episode_share": 1.0},
     "qa3": {"per_fact_reward": 0.1},
     "qa4": ONE_FACT_TUNING,
     "qa5": ONE_FACT_TUNING,
 }
 """Per-task changes to :func:`cpu_config` that validated better on this CPU (benchmarks in the README):
 :data:`ONE_FACT_TUNING` for qa1/qa4/qa5; qa2/qa3 pay 0.1 per supporting fact while training (qa3 collapsed
-without it) and qa2 runs every episode to T (0.875 against 0.83 validation success@k). qa2 also has the
-candidate stage (beyond the paper): better up to 128K tokens, worse at 1M (the README's results table;
-benchmarks/studies/results/candidate_stage.md)."""
+without it) and qa2 runs every episode to T (0.875 against 0.83 validation success@k). The candidate stage
+is not in the preset: it lifts qa2 up to 32K tokens and loses badly at 1M-10M
+(benchmarks/studies/results/candidate_stage_test.md)."""
 
 
 def cpu_task_tuning(task: str) -> dict[str, Any]:
