@@ -259,12 +259,11 @@ class RetrievalVectorEnv(gym.vector.VectorEnv):
         self._selected[chosen_rows, self._num_selected[valid]] = chosen
         self._num_selected += valid
         self._mask[chosen_rows, chosen] = 0
-        found = valid & self._supporting[rows, index]
-        self._hits += found
+        self._hits += valid & self._supporting[rows, index]
         newly_complete = live & ~self._completed & (self._hits == self._num_supporting)
         self._completed |= newly_complete
         share = self._share_numerator / np.maximum(self._num_selected, 1)
-        rewards, terminated, truncated = self._step_outcome(self._invalid, found, newly_complete, self._completed, share,
+        rewards, terminated, truncated = self._step_outcome(self._invalid, newly_complete, self._completed, share,
                                                             self._steps, self._mask.any(axis=1))
         rewards, terminated, truncated = np.where(live, rewards, 0.0), live & terminated, live & truncated
         self._ended = np.where(live, terminated | truncated, self._ended)

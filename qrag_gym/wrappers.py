@@ -1,4 +1,5 @@
-"""Fixed-size views of the retrieval MDP for off-the-shelf RL libraries (Stable-Baselines3, sb3-contrib).
+"""Wrappers: fixed-size views of the retrieval MDP for off-the-shelf RL libraries (Stable-Baselines3,
+sb3-contrib), and the training-only reward shaping :class:`PerFactReward`.
 
 The raw env has a ``Text`` question and a ``Discrete(max_chunks)`` action space whose size grows
 with the document: neither fits an SB3 policy. :class:`ShortlistView` shows instead the top-K chunks
@@ -20,6 +21,7 @@ from gymnasium import spaces
 
 from qrag_gym.document import Document
 from qrag_gym.envs.retrieval import RetrievalEnv
+from qrag_gym.validation import finite_float
 
 
 def state_text(document: Document) -> str:
@@ -128,4 +130,29 @@ class ShortlistView(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return self._shortlist.mask.copy()
 
 
-__all__ = ["Shortlist", "ShortlistFeatures", "ShortlistView", "state_text"]
+class PerFactReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Training-only shaping: ``bonus`` more reward on each step that selects a supporting chunk.
+
+    The authors' code has this option (off in their configs); on tasks whose full reward is rarely found
+    by chance it gives a learner something to follow (qa3 on a CPU collapsed without it). It reads the gold
+    labels (``info["hits"]``), so it is for training envs only: evaluation never wraps an env in it.
+    """
+
+    def __init__(self, env: gym.Env, bonus: float) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, bonus=bonus)
+        super().__init__(env)
+        self.bonus = finite_float("bonus", bonus)
+        self._hits = 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._hits = len(info["hits"])
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        found, self._hits = len(info["hits"]) - self._hits, len(info["hits"])
+        return obs, float(reward) + self.bonus * found, terminated, truncated, info
+
+
+__all__ = ["PerFactReward", "Shortlist", "ShortlistFeatures", "ShortlistView", "state_text"]

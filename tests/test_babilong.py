@@ -173,12 +173,22 @@ def test_embedder_scores_every_candidate_once(data_dir) -> None:
     assert np.isneginf(env.score(query)[int(np.argmax(scores))])
 
 
-def test_per_fact_reward_pays_each_supporting_fact(data_dir) -> None:
-    env = gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=50, per_fact_reward=0.1)
+def test_per_fact_reward_wrapper_pays_each_supporting_fact_once(data_dir) -> None:
+    """The training-only shaping is a wrapper: a bonus on the step that selects a supporting chunk, none for
+    a noise chunk or an invalid repeat; the env itself pays only the MDP's reward."""
+    from qrag_gym.wrappers import PerFactReward
+
+    env = PerFactReward(gym.make("QRAG-Babilong-v0", task="qa2", num_sentences=50, never_terminate=True), bonus=0.1)
     _, info = env.reset(seed=5)
     first, second = info["supporting_ids"]
+    noise = next(i for i in range(info["num_chunks"]) if i not in info["supporting_ids"])
     assert env.step(first)[1] == pytest.approx(0.1)
-    assert env.step(second)[1] == pytest.approx(0.1 + 1.0)
+    assert env.step(noise)[1] == pytest.approx(0.0)
+    assert env.step(first)[1] == pytest.approx(-0.1)  # an invalid repeat: the env's penalty, no bonus
+    assert env.step(second)[1] == pytest.approx(0.1 + 0.5 + 0.5 * 2 / 3)  # shaped completion, k=2 of 3 selected
+    env.reset(seed=6)
+    with pytest.raises(ValueError, match="bonus=nan"):
+        PerFactReward(env.unwrapped, bonus=float("nan"))
 
 
 def test_document_length_does_not_depend_on_the_embedder(data_dir, tmp_path) -> None:

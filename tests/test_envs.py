@@ -58,9 +58,9 @@ def test_render_ansi_shows_question_and_positions(data_dir) -> None:
 def test_thin_envs_pass_the_shared_arguments_through_and_name_a_misspelt_one(env_id: str, data_dir) -> None:
     """Each env takes only its own arguments; the retrieval MDP's (reward, T, penalties, shaping) reach
     ``RetrievalEnv`` through ``**kwargs`` and a misspelt one is refused by name."""
-    env = gym.make(env_id, reward="binary", never_terminate=True, invalid_action_penalty=-0.5, per_fact_reward=0.25,
-                   max_steps=3, **_kwargs(env_id)).unwrapped
-    assert (env.reward_variant, env.never_terminate, env.invalid_action_penalty, env.per_fact_reward, env.max_steps) \
-        == ("binary", True, -0.5, 0.25, 3)
+    env = gym.make(env_id, reward="binary", never_terminate=True, invalid_action_penalty=-0.5,
+                   penalize_extra_steps=False, max_steps=3, **_kwargs(env_id)).unwrapped
+    assert (env.reward_variant, env.never_terminate, env.invalid_action_penalty, env.penalize_extra_steps,
+            env.max_steps) == ("binary", True, -0.5, False, 3)
     with pytest.raises(TypeError, match="rewrd"):
         gym.make(env_id, rewrd="binary", **_kwargs(env_id))

@@ -80,14 +80,14 @@ def _pair(config, data_dir):
 FULL_BUILD = {"finetune_encoder": True, "num_envs": 4, "train_num_sentences": 20, "random_transitions": 0}
 
 
-@pytest.mark.parametrize("task, extra, updates", [("qa2", {}, 4), ("qa3", {"candidate_stage": True}, 4),
+@pytest.mark.parametrize("task, extra, updates", [("qa2", {"per_fact_reward": 0.1}, 4), ("qa3", {"candidate_stage": True}, 4),
                                                   ("qa2", FULL_BUILD, 2)])
 def test_learner_matches_the_per_episode_learner_update_for_update(small_data_dir, single_thread, task, extra,
                                                                     updates) -> None:
     """Same seed, same networks: the same episodes, Boltzmann draws and features, so the same td_loss and Q
     to the last bit through the random warm-up and the Boltzmann phase, with envs that never terminate and
-    envs that do (two vector envs); for qa3 with the candidate stage, and for the full fine-tune build
-    (its text path)."""
+    envs that do (two vector envs); for qa2 with the per-fact shaping both add to their rollouts, for qa3 with
+    the candidate stage, and for the full fine-tune build (its text path)."""
     settings = {"num_envs": 8, "train_num_sentences": 50, "random_transitions": 32, **extra}
     config = cpu_config(task=task, warmup_updates=2, full_episode_share=0.25, **settings)
     baseline, learner = _pair(config, small_data_dir)

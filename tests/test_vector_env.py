@@ -76,8 +76,8 @@ def draw_actions(rng: np.random.Generator, masks: np.ndarray, ended: np.ndarray,
     {"reward": "binary"},
     {"reward": "shaped", "never_terminate": True},
     {"reward": "binary", "never_terminate": True},
-    {"reward": "shaped", "penalize_extra_steps": False, "per_fact_reward": 0.1, "invalid_action_penalty": -0.3},
-], ids=["shaped", "binary", "shaped-never-terminate", "binary-never-terminate", "flat-per-fact"])
+    {"reward": "shaped", "penalize_extra_steps": False, "invalid_action_penalty": -0.3},
+], ids=["shaped", "binary", "shaped-never-terminate", "binary-never-terminate", "flat-penalty"])
 def test_follows_n_single_envs_id_for_id(data_dir, settings) -> None:
     """The done-when of issue 15 item 3: each slot is the single env with seed ``s + i``, step by step, through
     ends and next-step autoresets (an ended slot's next step is that env's unseeded reset, reward 0)."""

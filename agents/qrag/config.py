@@ -79,7 +79,8 @@ class QRAGConfig:
     never_terminate: 1.0). Those teach Q to fall once the facts are in, which the Q-threshold stop reads;
     the others end on completion, so more of each batch is spent on choosing the facts."""
     per_fact_reward: float = 0.0
-    """Training-only shaping (the authors' option, 0 in their configs); validation always uses 0."""
+    """Training-only shaping (the authors' option, 0 in their configs): the learner adds it to its rollouts'
+    reward for each step that selects a supporting chunk; envs and validation never pay it."""
     num_envs: int = 1
     rollout_steps: int = 65
     # --- learning (soft Q-learning, lambda-returns) ---------------------------------------------------------

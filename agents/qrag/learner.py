@@ -146,7 +146,7 @@ def step_settings(env: RetrievalEnv) -> tuple:
     """The settings a :class:`RetrievalVectorEnv` applies to all its slots' steps (it reads them from its first
     env): envs that agree on them can be stepped together, whatever episodes they draw."""
     return (env.max_chunks, env.max_steps, env.reward_variant, env.penalize_extra_steps, env.never_terminate,
-            env.invalid_action_penalty, env.per_fact_reward)
+            env.invalid_action_penalty)
 
 
 class EnvSlots:
@@ -343,6 +343,9 @@ class Learner:
             self.num_selected += 1
             playing = list(self.slots.episodes)  # ended slots are reset within the step
             reward, ended = self.slots.step(actions)
+            if config.per_fact_reward:  # training-only shaping (the env pays none); actions are always valid here
+                reward = reward + config.per_fact_reward * np.array(
+                    [action in episode.supporting_ids for episode, action in zip(playing, actions.tolist())])
             rewards[t], dones[t] = torch.from_numpy(reward).float(), torch.from_numpy(ended).float()
             self.episode_return += reward
             finished = np.flatnonzero(ended)

@@ -58,21 +58,20 @@ def make_env(config: QRAGConfig, task: str, num_sentences: int, data_dir: str | 
     """One training env of ``task`` with the authors' settings (their environment configs).
 
     BABILong: shaped reward, penalize_extra_steps and never_terminate (unless ``full_episodes`` is False:
-    see ``config.full_episode_share``); stories from ``config.train_source``. NIAH (``niah:<variant>``, documents of ``train_context_tokens``):
-    episodes end on completion. HotpotQA: never_terminate. ``per_fact_reward`` shapes training only.
+    see ``config.full_episode_share``); stories from ``config.train_source``. NIAH (``niah:<variant>``,
+    documents of ``train_context_tokens``): episodes end on completion. HotpotQA: never_terminate. The
+    training-only ``per_fact_reward`` is not an env setting: the learner adds it to its rollouts.
     """
     embedder = config.env_embedder
-    shaping = config.per_fact_reward
     family = task_family(task)
     if family == "niah":
         return NiahEnv(variant=short_name(task), context_tokens=config.train_context_tokens, split="train",
-                       max_steps=config.max_steps, data_dir=data_dir, embedder=embedder, per_fact_reward=shaping)
+                       max_steps=config.max_steps, data_dir=data_dir, embedder=embedder)
     if family == "hotpotqa":
         return HotpotQAEnv(split="train", data_dir=data_dir, max_steps=config.max_steps, never_terminate=True,
-                           embedder=embedder, per_fact_reward=shaping)
+                           embedder=embedder)
     return BabilongEnv(task=task, num_sentences=num_sentences, split="train", max_steps=config.max_steps,
-                       never_terminate=full_episodes, data_dir=data_dir, source=config.train_source, embedder=embedder,
-                       per_fact_reward=shaping)
+                       never_terminate=full_episodes, data_dir=data_dir, source=config.train_source, embedder=embedder)
 
 
 NIAH_TRAIN_VARIANTS = tuple(name for name, variant in NIAH_VARIANTS.items() if variant.haystack != "needle")

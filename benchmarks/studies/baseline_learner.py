@@ -219,6 +219,9 @@ class Learner:
                 if candidates is not None:
                     sets.add(slot, candidates[row], rho[row], action)
                 _, reward, terminated, truncated, info = slot.env.step(action)
+                # The per-fact shaping the env paid at d2713a5 (it moved out of the env since): a valid action
+                # that selects a supporting chunk.
+                reward = float(reward) + config.per_fact_reward * (action in info["supporting_ids"])
                 slot.selected.append(action)
                 rewards[t, row], dones[t, row] = float(reward), float(terminated or truncated)
                 slot.episode_return += float(reward)

@@ -226,7 +226,7 @@ class BabilongEnv(QuestionSetEnv):
       ``babi/en-10k/qa1_single-supporting-fact_test.txt``, with the held-out books). Tune on
       validation, report on test.
     - ``max_steps`` (default 6, the authors' BabiLong setting); every other keyword (``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward``, ``embedder``, ``render_mode``) is
+      ``never_terminate``, ``invalid_action_penalty``, ``embedder``, ``render_mode``) is
       passed through to :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``babi/en-10k`` and ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``,
       else the user data folder); ``source``: "auto", "real", "generated", "real+generated" (training only:

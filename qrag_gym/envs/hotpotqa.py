@@ -64,7 +64,7 @@ class HotpotQAEnv(QuestionSetEnv):
       ``qrag-data fetch hotpotqa`` writes) under ``data_dir``, else ``$QRAG_DATA_DIR``, else the
       user data folder.
     - ``max_steps`` (default 2, the paper's T for HotpotQA); every other keyword (``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward``, ``embedder``, ``render_mode``) is
+      ``never_terminate``, ``invalid_action_penalty``, ``embedder``, ``render_mode``) is
       passed through to :class:`RetrievalEnv`.
     - ``max_chunks``: size of the action space; by default the most paragraphs of any question in the
       file, so every split has the same spaces.

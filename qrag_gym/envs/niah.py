@@ -87,7 +87,7 @@ class NiahEnv(RetrievalEnv):
     - ``haystack``, ``type_needle_k``, ``type_needle_v``, ``num_needle_k``, ``num_needle_v``,
       ``num_needle_q``: override the variant's RULER settings (``None`` keeps them).
     - ``max_steps`` (default 5, the authors' NIAH setting); every other keyword (``reward``, ``penalize_extra_steps``,
-      ``never_terminate``, ``invalid_action_penalty``, ``per_fact_reward``, ``embedder``, ``render_mode``) is
+      ``never_terminate``, ``invalid_action_penalty``, ``embedder``, ``render_mode``) is
       passed through to :class:`RetrievalEnv`.
     - ``data_dir``: folder holding ``noise/gutenberg`` (else ``$QRAG_DATA_DIR``, else the user data
       folder); ``source``: "auto", "real" (books required) or "generated" (synthetic filler). Both only

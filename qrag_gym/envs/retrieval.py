@@ -71,8 +71,9 @@ class RetrievalEnv(gym.Env, ABC):
       chunks, or Gymnasium's ``TimeLimit`` from ``gym.make(..., max_episode_steps=N)``, which the env
       cannot see (paying on the env's own last step gave 0 under a shorter ``TimeLimit``). Only the
       discounting of that 1 differs from a payment at the very end.
-    - ``per_fact_reward`` (the authors' code has it, default 0) is added for each supporting chunk
-      when it is selected: a shaping option for tasks whose full reward is rarely found by chance.
+    - Training-only shaping (the authors' ``per_fact_reward``: a bonus for each supporting chunk when it
+      is selected) is not part of the MDP: :class:`qrag_gym.wrappers.PerFactReward` adds it, and the
+      Q-RAG learner adds it to its own rollouts.
 
     ## Episode end
     Terminated when every supporting chunk is selected, unless ``never_terminate`` (the authors'
@@ -100,7 +101,6 @@ class RetrievalEnv(gym.Env, ABC):
         invalid_action_penalty: float = -0.1,
         embedder: str | TextEmbedder | None = None,
         render_mode: str | None = None,
-        per_fact_reward: float = 0.0,
     ) -> None:
         if not isinstance(reward, str) or reward not in REWARD_VARIANTS:
             raise ValueError(f"unknown reward variant {reward!r}; choose one of {REWARD_VARIANTS}")
@@ -112,7 +112,6 @@ class RetrievalEnv(gym.Env, ABC):
         self.penalize_extra_steps = flag("penalize_extra_steps", penalize_extra_steps)
         self.never_terminate = flag("never_terminate", never_terminate)
         self.invalid_action_penalty = finite_float("invalid_action_penalty", invalid_action_penalty)
-        self.per_fact_reward = finite_float("per_fact_reward", per_fact_reward)
         self.render_mode = render_mode
         if not isinstance(embedder, TextEmbedder) and embedder is not None:
             load_tokenizer(embedder)  # a bad model name fails here, naming it, not at the first score()
@@ -213,15 +212,14 @@ class RetrievalEnv(gym.Env, ABC):
         newly_complete = not self._completed and set(episode.supporting_ids) <= set(self._selected)
         self._completed = self._completed or newly_complete
         reward, terminated, truncated = self.step_outcome(
-            np.bool_(invalid), np.bool_(not invalid and index in episode.supporting_ids), np.bool_(newly_complete),
-            np.bool_(self._completed), len(episode.supporting_ids) / max(len(self._selected), 1),
+            np.bool_(invalid), np.bool_(newly_complete), np.bool_(self._completed), len(episode.supporting_ids) / max(len(self._selected), 1),
             np.int64(self._steps), np.bool_(self._mask.any()))
         reward, terminated, truncated = float(reward), bool(terminated), bool(truncated)
         self._ended = terminated or truncated
         return self._observation(), reward, terminated, truncated, self._info(invalid)
 
-    def step_outcome(self, invalid: np.ndarray, found: np.ndarray, newly_complete: np.ndarray, completed: np.ndarray,
-                     share: np.ndarray, steps: np.ndarray, chunks_left: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step_outcome(self, invalid: np.ndarray, newly_complete: np.ndarray, completed: np.ndarray, share: np.ndarray,
+                     steps: np.ndarray, chunks_left: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Reward, terminated and truncated of a step, from what the step did (see "Rewards" and "Episode end").
 
         The one place these rules live: :meth:`step` calls it for one episode and
@@ -229,7 +227,7 @@ class RetrievalEnv(gym.Env, ABC):
         is ``k / |selected|``, read only on the completing step of the shaped reward with ``penalize_extra_steps``.
         """
         penalized = self.reward_variant == "shaped" and self.penalize_extra_steps
-        reward = np.where(invalid, self.invalid_action_penalty, self.per_fact_reward * found)
+        reward = np.where(invalid, self.invalid_action_penalty, 0.0)
         reward = reward + np.where(newly_complete, 0.5 + 0.5 * share if penalized else 1.0, 0.0)
         terminated = completed & (not self.never_terminate)
         truncated = ~terminated & ((steps >= self.max_steps) | ~chunks_left)
