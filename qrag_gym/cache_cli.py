@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--ray-gpus must be non-negative, got {args.ray_gpus}")
     root = default_cache_root()
     if args.command == "info":
-        files = list(root.rglob("*.npz")) if root.is_dir() else []
-        print(f"{root}: {len(files)} shards, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB")
+        shards = list(root.rglob("shard-*.npz")) if root.is_dir() else []
+        tables = list(root.rglob("table-*.npy")) if root.is_dir() else []
+        used = sum(f.stat().st_blocks * 512 for f in tables)  # sparse files: the blocks written, not the length
+        print(f"{root}: {len(shards)} shards, {sum(f.stat().st_size for f in shards) / 2**20:.1f} MiB; "
+              f"{len(tables)} feature tables, {used / 2**20:.1f} MiB on disk")
     elif args.command == "clear":
         try:
             folder, removed = clear_all(root)

@@ -125,10 +125,17 @@ def test_env_scores_a_long_document_block_by_block(make_env, monkeypatch: pytest
     assert np.isneginf(scores[env.num_chunks:]).all()
 
 
-def test_clear_removes_feature_tables(facts: list[str], tmp_path: Path) -> None:
+def test_info_counts_and_clear_removes_feature_tables(facts: list[str], tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from qrag_gym.cache_cli import main as cache_cli
+
     embedder = TextEmbedder(cache_dir=tmp_path)
     table = FeatureTable(_table(facts[:3]), embedder, embedder.disk.folder)
     table.rows(np.arange(3))
+    embedder.disk.flush()
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    cache_cli(["info"])
+    assert ": 1 shards, " in capsys.readouterr().out  # the table's .filled.npz bitmap is not counted as a shard
     (table.path.parent / "notes.txt").write_text("not the cache's")
     clear_all(tmp_path)
     assert not table.path.exists() and not table.filled_path.exists()
