@@ -96,6 +96,32 @@ def summed_selected(features: torch.Tensor, selected: torch.Tensor) -> torch.Ten
     return total
 
 
+def regress(learner: "Learner", q: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """The gradient step on the Q halves of a batch's actions: MSE of ``2 Q_h`` toward ``G`` for both halves,
+    clipped AdamW step, schedule step, EMA of the target network; returns the logged figures.
+
+    Shared with the frozen baseline learner of the speed study (same attributes), so the two step alike.
+    """
+    targets = targets.to(q.device)
+    loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
+    learner.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(learner.online.parameters(), learner.config.max_grad_norm)
+    learner.optimizer.step()
+    learner.scheduler.step()
+    learner.updates += 1
+    with torch.no_grad():
+        for target, online in zip(learner.target.parameters(), learner.online.parameters()):
+            target.lerp_(online, learner.config.tau)
+    return {
+        "losses/td_loss": loss.item(),
+        "losses/q_values": q.detach().sum(-1).mean().item(),
+        "losses/grad_norm": float(grad_norm),
+        "charts/learning_rate": learner.scheduler.get_last_lr()[0],
+        "charts/alpha": learner.alpha,
+    }
+
+
 @dataclass
 class StateInputs:
     """What the update needs to embed the states and actions of ``N`` transitions again, with gradients.
@@ -420,21 +446,4 @@ class Learner:
         q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))
         if batch.candidates is not None:
             q = self._candidate_q(states, q, batch.candidates)
-        targets = batch.targets.to(q.device)
-        loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.updates += 1
-        with torch.no_grad():
-            for target, online in zip(self.target.parameters(), self.online.parameters()):
-                target.lerp_(online, self.config.tau)
-        return {
-            "losses/td_loss": loss.item(),
-            "losses/q_values": q.detach().sum(-1).mean().item(),
-            "losses/grad_norm": float(grad_norm),
-            "charts/learning_rate": self.scheduler.get_last_lr()[0],
-            "charts/alpha": self.alpha,
-        }
+        return regress(self, q, batch.targets)

@@ -5,7 +5,9 @@ step, per-step padding, per-episode positions), together with that commit's scor
 with a stack, per-half slice sums: :func:`_today_rotation`, :func:`_today_q_halves`), so the study can
 measure "today's learner" in the same process as the product's learner after the switch. It is not
 used by the product; ``tests/test_learner.py`` also uses it as the reference the new learner must
-match update for update. Do not edit it except to keep it importable.
+match update for update. Do not edit it except to keep it importable: the pieces the product has not changed
+since (``lambda_returns``, ``soft_value``, ``boltzmann_top_k``, the gradient step ``regress``) are imported from
+it, and the per-fact shaping its envs paid then is added in its rollout (it has left the envs).
 
 Original docstring: the Q-RAG learner (the paper's Algorithm 1): on-policy soft Q-learning with
 lambda-returns. :func:`lambda_returns` is the paper's Algorithm 1; :class:`Learner` collects
@@ -22,7 +24,7 @@ from torch import nn
 
 from qrag_agents.qrag.candidates import candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
-from qrag_agents.qrag.learner import boltzmann_top_k, lambda_returns, soft_value  # unchanged by item 4
+from qrag_agents.qrag.learner import boltzmann_top_k, lambda_returns, regress, soft_value  # unchanged by item 4
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions
 from qrag_gym.envs.retrieval import RetrievalEnv
@@ -261,24 +263,7 @@ class Learner:
         q = _today_q_halves(self.online, states, chunks, batch.positions.to(self.online.device))
         if batch.candidates is not None:
             q = self._candidate_q(states, q, batch.candidates)
-        targets = batch.targets.to(q.device)
-        loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.updates += 1
-        with torch.no_grad():
-            for target, online in zip(self.target.parameters(), self.online.parameters()):
-                target.lerp_(online, self.config.tau)
-        return {
-            "losses/td_loss": loss.item(),
-            "losses/q_values": q.detach().sum(-1).mean().item(),
-            "losses/grad_norm": float(grad_norm),
-            "charts/learning_rate": self.scheduler.get_last_lr()[0],
-            "charts/alpha": self.alpha,
-        }
+        return regress(self, q, batch.targets)
 
 
 class _SetCollector:

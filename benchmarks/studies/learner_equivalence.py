@@ -21,25 +21,17 @@ import torch
 
 from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.config import preset_config
-from qrag_agents.qrag.learner import Learner
-from qrag_agents.qrag.networks import QNetwork
-from qrag_agents.qrag.train import VALIDATION_SEED, make_train_envs, make_validation_envs, prefetch_features
+from qrag_agents.qrag.train import VALIDATION_SEED, make_validation_envs
 from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
-from qrag_benchmarks.studies.baseline_learner import Learner as BaselineLearner
-from qrag_gym.embedding import shared_embedder
+from qrag_benchmarks.studies.learner_speed import LEARNERS, build
 from qrag_gym.evaluation import run_episodes, summarize
 
-LEARNERS = {"baseline (d2713a5)": BaselineLearner, "ids + tensors": Learner}
 
 
 def train_one(cls: type, task: str, updates: int, data_dir: str | None) -> tuple[Any, list[float], float]:
     """``updates`` updates of a fresh ``cls`` learner (seed 0, ``cpu/<task>`` preset); its td_losses and CPU seconds."""
     config = preset_config(f"cpu/{task}", {"candidate_stage": False}, updates)  # faithful, as the baseline
-    embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
-    envs = make_train_envs(config, data_dir)
-    prefetch_features(envs[0], embedder)
-    torch.manual_seed(config.seed)
-    learner = cls(config, envs, QNetwork(config, embedder), QNetwork(config, embedder))
+    learner = build(cls, config, data_dir)
     losses, start = [], time.process_time()
     for _ in range(updates):
         losses.append(learner.update(learner.rollout())["losses/td_loss"])

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from qrag_agents.qrag.config import preset_config
+from qrag_agents.qrag.config import QRAGConfig, preset_config
 from qrag_agents.qrag.learner import Learner
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.train import make_train_envs, prefetch_features
@@ -39,10 +39,9 @@ from qrag_gym.embedding import shared_embedder
 LEARNERS = {"baseline (d2713a5)": BaselineLearner, "ids + tensors": Learner}
 
 
-def build(cls: type, task: str, data_dir: str | None) -> Any:
-    """A learner of ``cls`` on the ``cpu/<task>`` preset (Boltzmann phase from the start, faithful Q-RAG: the
-    frozen baseline has no candidate stage), seed 0."""
-    config = preset_config(f"cpu/{task}", {"random_transitions": 0, "candidate_stage": False})
+def build(cls: type, config: QRAGConfig, data_dir: str | None) -> Any:
+    """A learner of ``cls`` with ``config``'s training envs (features prefetched as ``qrag-train`` does) and
+    fresh networks seeded from ``config.seed``."""
     embedder = shared_embedder(config.encoder, config.chunk_max_tokens)
     envs = make_train_envs(config, data_dir)
     prefetch_features(envs[0], embedder)
@@ -60,7 +59,9 @@ def timed(learner: Any, updates: int) -> tuple[float, float, list[float]]:
 
 
 def measure(task: str, rounds: int, updates: int, warmup: int, data_dir: str | None) -> dict[str, Any]:
-    learners = {name: build(cls, task, data_dir) for name, cls in LEARNERS.items()}
+    # Boltzmann phase from the start; faithful Q-RAG: the frozen baseline has no candidate stage.
+    config = preset_config(f"cpu/{task}", {"random_transitions": 0, "candidate_stage": False})
+    learners = {name: build(cls, config, data_dir) for name, cls in LEARNERS.items()}
     losses: dict[str, list[float]] = {name: [] for name in learners}
     for name, learner in learners.items():
         losses[name] += timed(learner, warmup)[2]
