@@ -55,7 +55,8 @@ def timed(learner: Any, updates: int) -> tuple[float, float, list[float]]:
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(updates):
         losses.append(learner.update(learner.rollout())["losses/td_loss"])
-    return (time.process_time() - cpu) / updates, (time.perf_counter() - wall) / updates, losses
+    count = max(updates, 1)  # the warm-up may be 0 updates: its times are not read
+    return (time.process_time() - cpu) / count, (time.perf_counter() - wall) / count, losses
 
 
 def measure(task: str, rounds: int, updates: int, warmup: int, data_dir: str | None) -> dict[str, Any]:
