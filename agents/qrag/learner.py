@@ -96,32 +96,6 @@ def summed_selected(features: torch.Tensor, selected: torch.Tensor) -> torch.Ten
     return total
 
 
-def regress(learner: "Learner", q: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """The gradient step on the Q halves of a batch's actions: MSE of ``2 Q_h`` toward ``G`` for both halves,
-    clipped AdamW step, schedule step, EMA of the target network; returns the logged figures.
-
-    Shared with the frozen baseline learner of the speed study (same attributes), so the two step alike.
-    """
-    targets = targets.to(q.device)
-    loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
-    learner.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = nn.utils.clip_grad_norm_(learner.online.parameters(), learner.config.max_grad_norm)
-    learner.optimizer.step()
-    learner.scheduler.step()
-    learner.updates += 1
-    with torch.no_grad():
-        for target, online in zip(learner.target.parameters(), learner.online.parameters()):
-            target.lerp_(online, learner.config.tau)
-    return {
-        "losses/td_loss": loss.item(),
-        "losses/q_values": q.detach().sum(-1).mean().item(),
-        "losses/grad_norm": float(grad_norm),
-        "charts/learning_rate": learner.scheduler.get_last_lr()[0],
-        "charts/alpha": learner.alpha,
-    }
-
-
 @dataclass
 class StateInputs:
     """What the update needs to embed the states and actions of ``N`` transitions again, with gradients.
@@ -222,10 +196,15 @@ class EnvSlots:
         return rewards, ended
 
 
-class Learner:
-    """Owns the online and target networks, the optimiser and the running episodes (slots)."""
+class LearnerBase:
+    """What a soft-Q learner owns besides its rollouts: the online and target networks, AdamW with its
+    warm-up/decay schedule, the temperature that follows it, the sampling generator, and the gradient step.
 
-    def __init__(self, config: QRAGConfig, envs: list[RetrievalEnv], online: QNetwork, target: QNetwork) -> None:
+    The product's :class:`Learner` and the speed study's frozen baseline learner both build on it, so the
+    two optimise alike by construction.
+    """
+
+    def __init__(self, config: QRAGConfig, online: QNetwork, target: QNetwork) -> None:
         self.config, self.online, self.target = config, online, target
         self.target.load_state_dict(online.state_dict())
         self.target.requires_grad_(False)
@@ -235,6 +214,48 @@ class Learner:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.transitions = 0
         self.updates = 0
+
+    def _lr_factor(self, update: int) -> float:
+        """Linear warm-up from 0, then linear decay to ``final_lr_ratio`` at ``total_updates``."""
+        config = self.config
+        if update < config.warmup_updates:
+            return (update + 1) / config.warmup_updates
+        progress = min(1.0, (update - config.warmup_updates) / max(1, config.total_updates - config.warmup_updates))
+        return 1.0 - (1.0 - config.final_lr_ratio) * progress
+
+    @property
+    def alpha(self) -> float:
+        """The temperature follows the learning-rate schedule: ``alpha_0 * lr_now / lr_0``."""
+        return self.config.alpha * self.scheduler.get_last_lr()[0] / self.config.lr
+
+    def regress(self, q: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """One gradient step: MSE of ``2 Q_h`` (the Q halves of a batch's actions) toward ``G`` for both halves,
+        clipped AdamW step, schedule step, EMA of the target network; returns the logged figures."""
+        targets = targets.to(q.device)
+        loss = 0.5 * nn.functional.mse_loss(2 * q[:, 0], targets) + 0.5 * nn.functional.mse_loss(2 * q[:, 1], targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.updates += 1
+        with torch.no_grad():
+            for target, online in zip(self.target.parameters(), self.online.parameters()):
+                target.lerp_(online, self.config.tau)
+        return {
+            "losses/td_loss": loss.item(),
+            "losses/q_values": q.detach().sum(-1).mean().item(),
+            "losses/grad_norm": float(grad_norm),
+            "charts/learning_rate": self.scheduler.get_last_lr()[0],
+            "charts/alpha": self.alpha,
+        }
+
+
+class Learner(LearnerBase):
+    """Owns the running episodes (slots) and their rollouts; the optimisation is :class:`LearnerBase`'s."""
+
+    def __init__(self, config: QRAGConfig, envs: list[RetrievalEnv], online: QNetwork, target: QNetwork) -> None:
+        super().__init__(config, online, target)
         self.texts = config.finetune_encoder  # the full build's encoders read token ids of texts
         self.slots = EnvSlots(envs)
         size, width, device = self.slots.size, self.slots.max_chunks, online.device
@@ -249,19 +270,6 @@ class Learner:
         self.question = None if self.texts else torch.zeros(size, dim, device=device)
         self.slots.reset([config.seed + index for index in range(size)])
         self._start_episodes(np.arange(size))
-
-    def _lr_factor(self, update: int) -> float:
-        """Linear warm-up from 0, then linear decay to ``final_lr_ratio`` at ``total_updates``."""
-        config = self.config
-        if update < config.warmup_updates:
-            return (update + 1) / config.warmup_updates
-        progress = min(1.0, (update - config.warmup_updates) / max(1, config.total_updates - config.warmup_updates))
-        return 1.0 - (1.0 - config.final_lr_ratio) * progress
-
-    @property
-    def alpha(self) -> float:
-        """The temperature follows the learning-rate schedule: ``alpha_0 * lr_now / lr_0``."""
-        return self.config.alpha * self.scheduler.get_last_lr()[0] / self.config.lr
 
     @torch.no_grad()
     def _start_episodes(self, rows: np.ndarray) -> None:
@@ -446,4 +454,4 @@ class Learner:
         q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))
         if batch.candidates is not None:
             q = self._candidate_q(states, q, batch.candidates)
-        return regress(self, q, batch.targets)
+        return self.regress(q, batch.targets)

@@ -6,7 +6,7 @@ with a stack, per-half slice sums: :func:`_today_rotation`, :func:`_today_q_halv
 measure "today's learner" in the same process as the product's learner after the switch. It is not
 used by the product; ``tests/test_learner.py`` also uses it as the reference the new learner must
 match update for update. Do not edit it except to keep it importable: the pieces the product has not changed
-since (``lambda_returns``, ``soft_value``, ``boltzmann_top_k``, the gradient step ``regress``) are imported from
+since (``lambda_returns``, ``soft_value``, ``boltzmann_top_k``, and ``LearnerBase``: optimiser, schedule, gradient step) are imported from
 it, and the per-fact shaping its envs paid then is added in its rollout (it has left the envs).
 
 Original docstring: the Q-RAG learner (the paper's Algorithm 1): on-policy soft Q-learning with
@@ -24,7 +24,7 @@ from torch import nn
 
 from qrag_agents.qrag.candidates import candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
-from qrag_agents.qrag.learner import boltzmann_top_k, lambda_returns, regress, soft_value  # unchanged by item 4
+from qrag_agents.qrag.learner import LearnerBase, boltzmann_top_k, lambda_returns, soft_value  # unchanged by item 4
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions
 from qrag_gym.envs.retrieval import RetrievalEnv
@@ -139,34 +139,13 @@ def slot_q_halves(network: QNetwork, slots: list[Slot], chunks: torch.Tensor, tu
     return refine(network, states, chunks, base, positions, valid.to(base.device))
 
 
-class Learner:
-    """Owns the online and target networks, the optimiser and the running episodes."""
+class Learner(LearnerBase):
+    """Owns the running episodes; networks, optimiser and gradient step are the product's :class:`LearnerBase`."""
 
     def __init__(self, config: QRAGConfig, envs: list[RetrievalEnv], online: QNetwork, target: QNetwork) -> None:
-        self.config, self.online, self.target = config, online, target
-        self.target.load_state_dict(online.state_dict())
-        self.target.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(online.parameters(), lr=config.lr, betas=config.adam_betas,
-                                           eps=config.adam_eps, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.transitions = 0
-        self.updates = 0
+        super().__init__(config, online, target)
         self.slots = [Slot(env) for env in envs]
         self._start_episodes(self.slots, [config.seed + index for index in range(len(envs))])
-
-    def _lr_factor(self, update: int) -> float:
-        """Linear warm-up from 0, then linear decay to ``final_lr_ratio`` at ``total_updates``."""
-        config = self.config
-        if update < config.warmup_updates:
-            return (update + 1) / config.warmup_updates
-        progress = min(1.0, (update - config.warmup_updates) / max(1, config.total_updates - config.warmup_updates))
-        return 1.0 - (1.0 - config.final_lr_ratio) * progress
-
-    @property
-    def alpha(self) -> float:
-        """The temperature follows the learning-rate schedule: ``alpha_0 * lr_now / lr_0``."""
-        return self.config.alpha * self.scheduler.get_last_lr()[0] / self.config.lr
 
     @torch.no_grad()
     def _start_episodes(self, slots: list[Slot], seeds: list[int | None] | None = None) -> None:
@@ -263,7 +242,7 @@ class Learner:
         q = _today_q_halves(self.online, states, chunks, batch.positions.to(self.online.device))
         if batch.candidates is not None:
             q = self._candidate_q(states, q, batch.candidates)
-        return regress(self, q, batch.targets)
+        return self.regress(q, batch.targets)
 
 
 class _SetCollector:
