@@ -42,7 +42,7 @@ from qrag_agents.qrag.config import cpu_config
 from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.inference import embed_document, shortlist_step, step_q_values
 from qrag_agents.qrag.networks import QNetwork
-from qrag_benchmarks.results_io import BENCHMARK_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import BENCHMARK_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_gym.atomic import atomic_write
 from qrag_gym.embedding import TextEmbedder
 from qrag_gym.evaluation import run_episode
@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--name", default="cost_curve", help="stem of the files written into --out")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    claim_outputs(parser, args, f"{args.name}.json", f"{args.name}.md", f"{args.name}.png")
     if args.worker:
         print(json.dumps(measure(args.tokens[0], args)))
         return

@@ -18,9 +18,20 @@ write_atomic = atomic_write_bytes
 
 
 def add_out_argument(parser: argparse.ArgumentParser, default: Path) -> None:
-    """``--out FOLDER``: the only place a script writes its result files."""
+    """``--out FOLDER``, the only place a script writes its result files, and ``--overwrite`` to replace them
+    there (see :func:`claim_outputs`)."""
     parser.add_argument("--out", type=Path, default=default,
                         help=f"folder for the result files (default: {default}, relative to the working folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace result files of the same names already in --out (else the run is refused)")
+
+
+def claim_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Refuse, before any work, to replace result files ``names`` that already exist in ``args.out`` unless
+    ``--overwrite``: a study never overwrites earlier results silently (the committed ones included)."""
+    existing = [str(args.out / name) for name in names if (args.out / name).exists()]
+    if existing and not args.overwrite:
+        parser.error(f"{', '.join(existing)} already exist: pass --overwrite to replace them, or --out another folder")
 
 
 def write_json(path: Path, value: Any) -> Path:

@@ -192,7 +192,8 @@ def test_position_slope_separates_trend_from_noise() -> None:
     assert noise == pytest.approx(np.sqrt(0.02))
 
 
-def test_studies_write_only_into_out(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_studies_write_only_into_out_and_never_over_earlier_results(data_dir: Path, tmp_path: Path, monkeypatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
     from qrag_benchmarks.studies import babi_overlap
 
     monkeypatch.chdir(tmp_path)  # the default --out is relative to the working folder, never the package
@@ -202,6 +203,13 @@ def test_studies_write_only_into_out(data_dir: Path, tmp_path: Path, monkeypatch
     rows = json.loads((tmp_path / "mine" / "babi_overlap.json").read_text())
     assert {r["task"]: r["test_questions"] for r in rows} == {f"qa{i}": 1_000 for i in range(1, 6)}
     assert next(r for r in rows if r["task"] == "qa4")["also_in_train"] > 500  # bAbI's qa4 repeats most of its test set
+    (tmp_path / "mine" / "babi_overlap.md").write_text("a result the user keeps")
+    with pytest.raises(SystemExit):  # a second run refuses to replace it, before doing any work
+        babi_overlap.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "mine")])
+    assert "already exist: pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "babi_overlap.md").read_text() == "a result the user keeps"
+    babi_overlap.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "mine"), "--overwrite"])
+    assert (tmp_path / "mine" / "babi_overlap.md").read_text().startswith("# Official bAbI test questions")
 
 
 @pytest.mark.parametrize("module", ["qrag_benchmarks.run", "qrag_agents.qrag.evaluate", "qrag_agents.qrag.cli"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_gym.data.babi import TASKS, load_babi_task
 from qrag_gym.data.paths import require_data_subdir
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     add_out_argument(parser, STUDY_RESULTS)
     parser.add_argument("--data-dir", help="folder holding babi/en-10k (default: $QRAG_DATA_DIR)")
     args = parser.parse_args(argv)
+    claim_outputs(parser, args, "babi_overlap.json", "babi_overlap.md")
     babi_dir = require_data_subdir("babi/en-10k", args.data_dir)
     rows = [overlap(babi_dir, task) for task in TASKS]
     write_json(args.out / "babi_overlap.json", rows)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic
 from qrag_benchmarks.studies.positions_ablation import train_minutes
 
 NOTES = """`*-floatpos` is faithful Q-RAG (the CPU preset), `*-floatpos-latest` the fixed rule on that same model,
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--episodes and --threads must be at least 1")
         evaluate_rule(args)
     else:
+        claim_outputs(rows, args, "candidate_stage.md")
         table(args)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import qrag_gym  # noqa: F401  (registers the envs)
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_gym.data.noise import load_book_corpus
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.embedding import TextEmbedder
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=1000)
     args = parser.parse_args()
+    claim_outputs(parser, args, "encoder_speed.json", "encoder_speed.md")
     corpus = load_book_corpus(require_data_subdir("noise/gutenberg"), "all").sentences
     rng = np.random.default_rng(0)
     texts = [corpus[i] for i in rng.choice(len(corpus), args.sentences, replace=False)]

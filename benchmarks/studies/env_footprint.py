@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 
 PROBE = r"""
 import json, resource, sys, time
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     add_out_argument(parser, STUDY_RESULTS)
     args = parser.parse_args(argv)
+    claim_outputs(parser, args, "env_footprint.json", "env_footprint.md")
     versions = measure(([("before", args.pythonpath)] if args.pythonpath else []) + [("this checkout", None)],
                        args.repeats)
     rows = [[v["label"], v["commit"], f"{v['make_s']:.2f}", f"{v['make_reset_s']:.2f}", f"{v['chunks']:,}",

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_gym.data.babi import BabiSample, load_split, split_samples
 from qrag_gym.data.babi_generator import DROP_VERBS, GIVE_VERBS, TAKE_VERBS, generate_babi_samples
 from qrag_gym.data.paths import require_data_subdir
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("QRAG_DATA_DIR"))
     add_out_argument(parser, STUDY_RESULTS)
     args = parser.parse_args(argv)
+    claim_outputs(parser, args, f"generator_fidelity_{args.task}.json", f"generator_fidelity_{args.task}.md")
     real = load_split(require_data_subdir("babi/en-10k", args.data_dir), args.task, "train")
     generated = split_samples(generate_babi_samples(args.task, np.random.default_rng(2), args.questions), "train")
     profiles = {"real": profile(real), "generated": profile(generated)}

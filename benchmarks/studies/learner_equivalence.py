@@ -22,7 +22,7 @@ import torch
 from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.config import preset_config
 from qrag_agents.qrag.train import VALIDATION_SEED, make_validation_envs
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_benchmarks.studies.learner_speed import LEARNERS, build
 from qrag_gym.evaluation import run_episodes, summarize
 
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200, help="validation episodes per model")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
+    claim_outputs(parser, args, f"learner_equivalence_{args.task}.json", f"learner_equivalence_{args.task}.md")
     for name in ("updates", "episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")

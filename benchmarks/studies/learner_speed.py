@@ -32,7 +32,7 @@ from qrag_agents.qrag.config import QRAGConfig, preset_config
 from qrag_agents.qrag.learner import Learner
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.train import make_train_envs, prefetch_features
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_benchmarks.studies.baseline_learner import Learner as BaselineLearner
 from qrag_gym.embedding import shared_embedder
 
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates per learner first")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
+    claim_outputs(parser, args, "learner_speed.json", "learner_speed.md")
     for name in ("rounds", "updates"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic
 
 NOTES = """Reading: integer buckets cost qa2 about 0.03 success@k and gave qa3 about +0.02 with a lower F1
 (0.845 against 0.87); the intervals overlap, so neither is adopted. The float runs gave exactly the
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="variant names, in table order")
     add_out_argument(parser, STUDY_RESULTS)
     args = parser.parse_args(argv)
+    claim_outputs(parser, args, "positions_ablation.md")
     header = ["variant", "1K: success@k [95%] / F1 / answer", "4K: success@k [95%] / F1 / answer", "updates",
               "s/update (4 runs on 2 cores)"]
     table = markdown_table(header, [row(args.folder, name) for name in args.runs])

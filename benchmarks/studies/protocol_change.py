@@ -16,7 +16,7 @@ import gzip
 import json
 from pathlib import Path
 
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic
 from qrag_gym.evaluation import group_summaries
 
 METRICS = (("success_at_k", "success@k"), ("success_at_t", "success@T"), ("f1", "F1"), ("answer_correct", "answer"))
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("after", type=Path, help="episodes.json.gz of the one runner")
     add_out_argument(parser, STUDY_RESULTS)
     args = parser.parse_args(argv)
+    claim_outputs(parser, args, "protocol_change.md")
     before, after = cell_means(args.before), cell_means(args.after)
     rows = []
     for key in sorted(set(before) & set(after)):

@@ -19,7 +19,7 @@ import torch
 
 from qrag_agents.qrag.checkpoint import load_model
 from qrag_agents.qrag.inference import embed_document, step_q_values
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_gym.envs.babilong import BabilongEnv
 
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-sentences", type=int, default=100, help="document length (the training length)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    claim_outputs(parser, args, "qa1_first_step.json", "qa1_first_step.md")
     torch.set_num_threads(args.threads)
     result = first_step_errors(args.model, args.episodes, args.num_sentences)
     write_json(args.out / "qa1_first_step.json", result)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from qrag_benchmarks.report import load_records
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_gym.cache_cli import WARM_BATCH
 from qrag_gym.data.noise import load_book_corpus
 from qrag_gym.data.paths import require_data_subdir
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     add_out_argument(parser, STUDY_RESULTS)
     args = parser.parse_args()
+    claim_outputs(parser, args, "ray_scaling.json", "ray_scaling.md")
     if min(args.sentences, args.episodes, args.rounds) < 1:
         parser.error("--sentences, --episodes and --rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="ray-scaling-") as scratch:

@@ -21,7 +21,7 @@ import qrag_gym  # noqa: F401  (registers the envs)
 from qrag_agents.qrag.config import cpu_config
 from qrag_agents.qrag.inference import embed_document, shortlist_step, step_q_values
 from qrag_agents.qrag.networks import QNetwork
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 from qrag_gym.embedding import TextEmbedder
 from qrag_agents.qrag.shortlist import ChunkIndex, certified_argmax
 
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    claim_outputs(parser, args, "shortlist_agreement.json", "shortlist_agreement.md")
     torch.set_num_threads(args.threads)
     embedder = TextEmbedder()
     nets = networks(embedder)

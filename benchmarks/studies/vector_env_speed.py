@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 
 import qrag_gym  # noqa: F401  (registers the envs)
-from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, markdown_table, write_atomic, write_json
+from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_outputs, markdown_table, write_atomic, write_json
 
 MODES = ("vector_entry_point", "sync")
 
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20, help="episodes per slot per step-only measurement")
     parser.add_argument("--resets", type=int, default=500, help="single-env resets per assembly measurement")
     args = parser.parse_args()
+    claim_outputs(parser, args, "vector_env_speed.json", "vector_env_speed.md")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # fact token counts on one thread too, so CPU time is the cost
     settings = {"task": args.task, "num_sentences": args.num_sentences, "split": "train", "source": "real"}
     single = gym.make("QRAG-Babilong-v0", **settings).unwrapped
