@@ -117,11 +117,12 @@ def evaluate_rule(args: argparse.Namespace) -> None:
                                         "records": records}, indent=1))
 
 
-def paired_difference(records: list[dict[str, Any]], reference: list[dict[str, Any]], length: str) -> str:
-    """Mean per-episode success@k difference to ``reference`` on the same episodes of ``length`` (same
+def paired_difference(records: list[dict[str, Any]], reference: list[dict[str, Any]], length: str,
+                      metric: str = "success_at_k") -> str:
+    """Mean per-episode ``metric`` difference to ``reference`` on the same episodes of ``length`` (same
     reset seeds, so the same questions and documents), with a normal 95% interval."""
-    mine = {r["reset_seed"]: r["success_at_k"] for r in records if r["length"] == length}
-    theirs = {r["reset_seed"]: r["success_at_k"] for r in reference if r["length"] == length}
+    mine = {r["reset_seed"]: float(r[metric]) for r in records if r["length"] == length}
+    theirs = {r["reset_seed"]: float(r[metric]) for r in reference if r["length"] == length}
     if set(mine) != set(theirs):
         raise SystemExit(f"the runs were not evaluated on the same {length} episodes; cannot pair them")
     differences = np.array([mine[seed] - theirs[seed] for seed in sorted(mine)])
