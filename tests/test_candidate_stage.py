@@ -178,3 +178,73 @@ def test_short_training_with_the_stage_on_qa1_beats_random(small_data_dir, tmp_p
     assert any(float(p.abs().max()) > 0 for p in loaded.candidate_stage.out.parameters())  # the stage trained
     agent = QRAGAgent(model=str(tmp_path / "run" / "model"))
     assert summarize(run_cell(Cell("qrag", "qa1", "50s", None, 0, 20), agent, env))["success_at_k"] >= 0.5
+
+
+def test_bounded_stage_never_moves_a_q_half_further_than_its_bound() -> None:
+    """``candidate_bound``: however large the stage's raw output, each half moves by less than the bound, so a
+    chunk the base Q ranks far below the best can never be lifted over it."""
+    network = stage_network(4, candidate_bound=0.01)
+    with torch.no_grad():
+        network.candidate_stage.out.weight.normal_(0, 5.0)
+        network.candidate_stage.out.bias.fill_(3.0)
+    count = network.config.candidate_count
+    chunks = torch.nn.functional.normalize(torch.randn(16, count, network.dim), dim=-1)
+    states = torch.nn.functional.normalize(torch.randn(16, network.dim), dim=-1)
+    base = torch.rand(16, count, 2)
+    index = torch.arange(count).repeat(16, 1)
+    valid = torch.ones(16, count, dtype=torch.bool)
+    positions = torch.rand(16, count) * 40
+    with torch.no_grad():
+        delta = candidate_delta(network, states, chunks, base, positions, index, valid)
+    assert float(delta.abs().max()) > 0.009  # the raw output is large: the bound is what holds it
+    assert float(delta.abs().max()) < 0.01
+    network.config.candidate_bound = 0.0
+    with torch.no_grad():
+        assert float(candidate_delta(network, states, chunks, base, positions, index, valid).abs().max()) > 1.0
+    with pytest.raises(ConfigError, match="candidate_bound=-0.1"):
+        cpu_config(candidate_stage=True, candidate_bound=-0.1)
+
+
+def test_stage_base_loads_a_faithful_model_and_freezes_all_but_the_stage(tmp_path, data_dir) -> None:
+    from qrag_agents.qrag.checkpoint import load_stage_base
+
+    torch.manual_seed(5)
+    faithful = QNetwork(cpu_config(), shared_embedder("default"))
+    with torch.no_grad():
+        for parameter in faithful.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    save_model(faithful, tmp_path / "base")
+    network = stage_network(6, stage_base=str(tmp_path / "base"))
+    load_stage_base(network, tmp_path / "base")
+    for name, value in faithful.state_dict().items():
+        assert torch.equal(network.state_dict()[name], value), name
+    trainable = {name for name, p in network.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("candidate_stage.") for name in trainable)
+    # A fresh stage on the loaded base scores exactly as the base (its output layer starts at zero).
+    chunks = embed_document(network, tuple(FACTS))
+    args = ("Where is the football?", tuple(FACTS), [4], np.ones(len(FACTS), dtype=bool))
+    assert torch.equal(step_q_values(network, chunks, *args), step_q_values(faithful, chunks, *args))
+
+    with pytest.raises(ConfigError, match="needs candidate_stage=true"):
+        cpu_config(stage_base=str(tmp_path / "base"))
+    with pytest.raises(FileNotFoundError, match="stage_base=.*is not a Q-RAG model folder"):
+        load_stage_base(stage_network(6), tmp_path)
+    with pytest.raises(ConfigError, match="other settings.*adapter_hidden"):
+        load_stage_base(stage_network(6, adapter_hidden=64), tmp_path / "base")
+    save_model(network, tmp_path / "staged")
+    with pytest.raises(ConfigError, match="expected a faithful adapter-build model"):
+        load_stage_base(stage_network(6), tmp_path / "staged")
+
+
+def test_training_on_a_stage_base_changes_only_the_stage(small_data_dir, tmp_path) -> None:
+    """A few real updates on qa1: the saved model holds the base's weights bit for bit and a trained stage."""
+    torch.manual_seed(7)
+    save_model(QNetwork(cpu_config(task="qa1"), shared_embedder("default")), tmp_path / "base")
+    config = cpu_config(task="qa1", candidate_stage=True, stage_base=str(tmp_path / "base"), train_num_sentences=30,
+                        eval_num_sentences=30, num_envs=8, total_updates=6, warmup_updates=1, eval_every=1000,
+                        eval_episodes=5, random_transitions=0)
+    train(config, tmp_path / "run", data_dir=str(small_data_dir), show_progress=False)
+    base, trained = load_model(tmp_path / "base"), load_model(tmp_path / "run" / "model")
+    for name, value in base.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], value), name
+    assert any(float(p.detach().abs().max()) > 0 for p in trained.candidate_stage.out.parameters())

@@ -120,6 +120,8 @@ def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Ten
     match = states.unsqueeze(1) * chunks * math.sqrt(chunks.shape[-1])
     tokens = torch.cat((chunks, match, scalars), dim=-1)
     delta = stage(tokens, rank, valid)
+    if config.candidate_bound > 0:
+        delta = config.candidate_bound * torch.tanh(delta / config.candidate_bound)
     return delta * valid.unsqueeze(-1)
 
 

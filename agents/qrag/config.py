@@ -24,7 +24,8 @@ _AT_LEAST_1 = ("adapter_hidden", "candidate_hidden", "candidate_heads", "candida
                "state_piece_max_tokens", "train_num_sentences",
                "train_context_tokens", "max_steps", "num_envs", "rollout_steps", "top_k", "total_updates",
                "eval_every", "eval_episodes", "eval_num_sentences", "checkpoint_every")
-_AT_LEAST_0 = ("warmup_updates", "random_transitions", "per_fact_reward", "weight_decay", "alpha")
+_AT_LEAST_0 = ("warmup_updates", "random_transitions", "per_fact_reward", "weight_decay", "alpha",
+               "candidate_bound")
 _POSITIVE = ("lr", "adam_eps", "max_grad_norm", "position_step", "position_span", "embed_scale")
 _UNIT = ("gamma", "lam", "tau", "full_episode_share", "final_lr_ratio")
 
@@ -64,6 +65,14 @@ class QRAGConfig:
     candidate_hidden: int = 64
     candidate_heads: int = 4
     candidate_layers: int = 2
+    candidate_bound: float = 0.0
+    """0: the stage's correction to each Q half is unbounded. Above 0: it is ``bound * tanh(raw / bound)``, so
+    the stage can only reorder candidates whose base Q lies within about ``4 * bound`` of each other and never
+    lifts a chunk the base Q ranks far lower (measured: the flips that helped on qa2 had base gaps below 0.02)."""
+    stage_base: str = ""
+    """A faithful model folder (``candidate_stage`` false, same adapters) to train the stage on: its weights
+    are loaded and frozen, so the base Q, and with it the faithful model's behaviour on long documents, stays
+    as it was and only the stage learns. "" trains base and stage together from scratch."""
     # --- environment ----------------------------------------------------------------------------
     task: str = "qa3"
     """qa1..qa5 (BABILong), ``niah:<variant>`` or ``niah:all`` (RULER, the variants mixed), ``hotpotqa``."""
@@ -138,6 +147,9 @@ class QRAGConfig:
         if self.candidate_hidden % self.candidate_heads:
             raise ConfigError(f"candidate_hidden={self.candidate_hidden!r}: must be a multiple of "
                               f"candidate_heads={self.candidate_heads!r}")
+        if self.stage_base and not (self.candidate_stage and not self.finetune_encoder):
+            raise ConfigError(f"stage_base={self.stage_base!r} trains a candidate stage on a frozen adapter-build "
+                              "model: it needs candidate_stage=true and finetune_encoder=false")
         if self.q_threshold != self.q_threshold:
             raise ConfigError("q_threshold is NaN")
 

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from qrag_agents.qrag.agent import QRAGAgent
-from qrag_agents.qrag.checkpoint import TRAINER, load_trainer, save_model, save_trainer, verify_trainer
+from qrag_agents.qrag.checkpoint import TRAINER, load_stage_base, load_trainer, save_model, save_trainer, verify_trainer
 from qrag_agents.qrag.config import NIAH_ALL, NIAH_PREFIX, ConfigError, QRAGConfig, preset_changes, preset_config
 from qrag_agents.qrag.learner import Learner
 from qrag_agents.qrag.networks import QNetwork
@@ -151,6 +151,8 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     embedder = None if config.finetune_encoder else shared_embedder(config.encoder, config.chunk_max_tokens)
     online = QNetwork(config, embedder).to(config.device)
     target = QNetwork(config, embedder).to(config.device)
+    if config.stage_base:
+        load_stage_base(online, config.stage_base)  # before the learner copies online into target
     envs = make_train_envs(config, data_dir)
     validation = make_validation_envs(config, data_dir)
     if embedder is not None and isinstance(envs[0], BabilongEnv):
