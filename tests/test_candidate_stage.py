@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qrag_agents.qrag.agent import QRAGAgent
-from qrag_agents.qrag.candidates import candidate_delta, refine
+from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, refine
 from qrag_agents.qrag.checkpoint import CheckpointError, load_model, save_model
 from qrag_agents.qrag.config import ConfigError, cpu_config
 from qrag_agents.qrag.inference import embed_document, step_q_values
@@ -112,10 +112,13 @@ def test_stage_learns_to_prefer_the_later_of_two_identical_candidates(data_dir) 
     assert later_wins.float().mean() >= 0.95
 
 
-def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir) -> None:
+@pytest.mark.parametrize("context", [False, True])
+def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir, context: bool) -> None:
     """The learner's update re-scores an action inside the candidate set it was taken from and gets the
-    final Q :func:`refine` gave it while acting; an action outside the set keeps its base Q."""
-    config = cpu_config(task="qa2", candidate_stage=True, num_envs=1, train_num_sentences=30)
+    final Q :func:`refine` gave it while acting; an action outside the set keeps its base Q. Checked in a
+    state with two chunks selected, and with ``candidate_context`` (the stage reads them too), where the
+    rollout's Q must also be the Q that acting (:func:`step_q_values`) gives the same state."""
+    config = cpu_config(task="qa2", candidate_stage=True, candidate_context=context, num_envs=1, train_num_sentences=30)
     embedder = shared_embedder("default")
     torch.manual_seed(0)
     online, target = QNetwork(config, embedder), QNetwork(config, embedder)
@@ -124,23 +127,57 @@ def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir)
             parameter.add_(0.2 * torch.randn_like(parameter))
     learner = Learner(config, make_train_envs(config, str(small_data_dir)), online, target)
     width = int(learner.num_chunks[0])
-    ordered = learner._document_order()
+    picked = [3, 7]
+    ordered = np.full((1, config.max_steps), -1)
+    ordered[0, : len(picked)] = picked
     rho = torch.from_numpy(relative_positions_batch(learner.num_chunks, ordered, width, config.position_step,
                                                     config.position_span, config.integer_positions)).float()
     valid = torch.from_numpy(learner.slots.action_masks()[:, :width])
-    count = torch.zeros(1, 1)
+    valid[0, picked] = False
+    count = torch.full((1, 1), len(picked) / config.max_steps)
+    ordered_t = torch.from_numpy(ordered)
     with torch.no_grad():
-        states = learner._states(online, (learner.question, summed_selected(learner.features, torch.from_numpy(ordered)), count))
-        final, ids = learner._q_halves(online, states, learner.chunks[:, :width], online.rotation(rho), rho, valid)
+        states = learner._states(online, (learner.question, summed_selected(learner.features, ordered_t), count))
+        final, ids = learner._q_halves(online, states, learner.chunks[:, :width], online.rotation(rho), rho, valid, ordered_t)
         base = online.q_halves(states.unsqueeze(1), learner.chunks[:, :width], rho)
     assert not torch.allclose(final, base)
-    inside, outside = int(ids[0, 2]), int(next(i for i in range(width) if i not in ids[0].tolist()))
-    sets = learner._candidate_sets([learner._candidate_set(ids, rho, torch.tensor([action])) for action in (inside, outside)])
+    episode = learner.slots.episodes[0]
+    acting = step_q_values(online, learner.chunks[0, :width], episode.question, episode.chunks, picked, valid[0].numpy())
+    assert torch.allclose(acting[valid[0]], final[0].sum(-1)[valid[0]], atol=1e-5)
+    inside, outside = int(ids[0, 2]), int(next(i for i in range(width) if i not in ids[0].tolist() + picked))
+    sets = learner._candidate_sets([learner._candidate_set(ids, rho, torch.tensor([action]), ordered_t)
+                                    for action in (inside, outside)])
+    assert (sets.context_index is not None) == context
     with torch.no_grad():
         action_q = online.q_halves(states.expand(2, -1), learner.chunks[0, [inside, outside]], rho[0, [inside, outside]])
         scored = learner._candidate_q(states.expand(2, -1), action_q, sets)
     assert torch.allclose(scored[0], final[0, inside], atol=1e-5)
     assert torch.equal(scored[1], action_q[1]) and torch.allclose(scored[1], final[0, outside], atol=1e-5)
+
+
+def test_context_stage_depends_on_which_chunks_are_selected() -> None:
+    """With ``candidate_context`` the same candidates and state get another correction when the selected
+    chunks differ; without it the selected chunks are not read at all. A context-stage needs the context."""
+    network = stage_network(8, candidate_context=True)
+    with torch.no_grad():
+        for parameter in network.candidate_stage.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    count = network.config.candidate_count
+    chunks = torch.nn.functional.normalize(torch.randn(1, count, network.dim), dim=-1)
+    states = torch.nn.functional.normalize(torch.randn(1, network.dim), dim=-1)
+    base, valid = torch.rand(1, count, 2), torch.ones(1, count, dtype=torch.bool)
+    index, positions = torch.arange(10, 10 + count).unsqueeze(0), torch.full((1, count), 25.0)
+    others = torch.nn.functional.normalize(torch.randn(1, 12, network.dim), dim=-1)
+    one = SelectedContext.gather(others, torch.tensor([[2, -1]]))
+    two = SelectedContext.gather(others, torch.tensor([[5, -1]]))
+    with torch.no_grad():
+        first = candidate_delta(network, states, chunks, base, positions, index, valid, one)
+        second = candidate_delta(network, states, chunks, base, positions, index, valid, two)
+    assert not torch.allclose(first, second)
+    with pytest.raises(ValueError, match="candidate_context"):
+        candidate_delta(network, states, chunks, base, positions, index, valid)
+    with pytest.raises(ConfigError, match="candidate_context=true is built for the adapter build"):
+        cpu_config(candidate_stage=True, candidate_context=True, finetune_encoder=True)
 
 
 def test_stage_checkpoint_round_trip(tmp_path, data_dir) -> None:

@@ -32,8 +32,9 @@ def env(small_data_dir) -> gym.Env:
     return env
 
 
-def _network(integer: bool, perturbed: bool, stage: bool = False) -> QNetwork:
-    network = QNetwork(cpu_config(integer_positions=integer, candidate_stage=stage), shared_embedder("default")).eval()
+def _network(integer: bool, perturbed: bool, stage: bool = False, context: bool = False) -> QNetwork:
+    config = cpu_config(integer_positions=integer, candidate_stage=stage, candidate_context=context)
+    network = QNetwork(config, shared_embedder("default")).eval()
     if perturbed:  # adapters no longer the identity: a scorer unlike the plain dense retriever
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -72,13 +73,14 @@ def test_shortlist_matches_full_scan_on_real_episode(env: gym.Env, integer: bool
     follow_full_scan(network, env.unwrapped, chunks, ChunkIndex(chunks.numpy()))
 
 
-@pytest.mark.parametrize("integer", [False, True])
-def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, integer: bool) -> None:
+@pytest.mark.parametrize("integer, context", [(False, False), (True, False), (False, True)])
+def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, integer: bool, context: bool) -> None:
     """A model with a candidate stage: the certified top ``candidate_count + 1`` of the base Q, the stage's
     correction on the first ``candidate_count``, give the full scan's argmax and max-Q at every step (the
-    stage's weights perturbed, so it does overturn base-Q orders), also with fewer valid chunks than candidates."""
+    stage's weights perturbed, so it does overturn base-Q orders), also with fewer valid chunks than candidates;
+    and with a stage that reads the selected chunks (``candidate_context``)."""
     base = env.unwrapped
-    network = _network(integer, perturbed=True, stage=True)
+    network = _network(integer, perturbed=True, stage=True, context=context)
     chunks = embed_document(network, base.chunks)
     index = ChunkIndex(chunks.numpy())
     assert follow_full_scan(network, base, chunks, index)  # the stage changed a choice: the paths can differ

@@ -23,6 +23,7 @@ set through :func:`candidate_delta`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,7 +35,27 @@ if TYPE_CHECKING:
     from qrag_agents.qrag.networks import QNetwork
 
 SCALAR_FEATURES = 7
-"""Per-candidate scalars: two base Q halves, two Boltzmann weights, document-order rank, segment, place in gap."""
+"""Per-candidate scalars: two base Q halves, two Boltzmann weights, document-order rank, segment, place in gap.
+With ``candidate_context`` an eighth says whether the token is a selected chunk (1) or a candidate (0)."""
+
+
+@dataclass
+class SelectedContext:
+    """The chunks already selected, which a stage with ``candidate_context`` reads beside its candidates.
+
+    Why: on qa3 every miss of the stage on a frozen faithful model had the right fact among its 8 candidates
+    (150 of 150 validation misses); what it lacks is *which* facts are already in the state (it saw them only
+    summed into the state vector): "the move of that person just before the selected one" needs them as tokens.
+    """
+
+    chunks: torch.Tensor  # un-rotated E_a of the selected chunks, (B, S, d), document order
+    index: torch.Tensor  # their chunk ids, (B, S), -1 padding last
+
+    @classmethod
+    def gather(cls, chunks: torch.Tensor, ordered: torch.Tensor) -> "SelectedContext":
+        """From every chunk's E_a ``(B, N, d)`` and the selected ids ``(B, S)`` in document order (-1 padding)."""
+        rows = ordered.clamp(min=0).unsqueeze(-1).expand(-1, -1, chunks.shape[-1])
+        return cls(chunks.gather(1, rows) * (ordered >= 0).unsqueeze(-1), ordered)
 
 
 class OrderAttention(nn.Module):
@@ -76,7 +97,7 @@ class CandidateStage(nn.Module):
     def __init__(self, dim: int, config: QRAGConfig) -> None:
         super().__init__()
         hidden = config.candidate_hidden
-        self.embed = nn.Linear(2 * dim + SCALAR_FEATURES, hidden)
+        self.embed = nn.Linear(2 * dim + SCALAR_FEATURES + int(config.candidate_context), hidden)
         self.blocks = nn.ModuleList(OrderAttention(hidden, config.candidate_heads) for _ in range(config.candidate_layers))
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, 2)
@@ -91,42 +112,65 @@ class CandidateStage(nn.Module):
 
 
 def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Tensor, base: torch.Tensor,
-                    positions: torch.Tensor | None, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+                    positions: torch.Tensor | None, index: torch.Tensor, valid: torch.Tensor,
+                    context: SelectedContext | None = None) -> torch.Tensor:
     """The stage's correction ``(B, M, 2)`` to the Q halves of ``M`` candidates per state.
 
     ``states`` ``(B, d)``; ``chunks`` ``(B, M, d)`` un-rotated chunk vectors; ``base`` ``(B, M, 2)`` their
     base Q halves; ``positions`` ``(B, M)`` relative positions (None without positions); ``index``
     ``(B, M)`` chunk ids (document order); ``valid`` ``(B, M)`` which candidates are real. Rows of
-    invalid candidates come back zero.
+    invalid candidates come back zero. A stage with ``candidate_context`` also reads ``context`` (the
+    selected chunks, required then) as tokens that attend and are attended to but get no correction.
     """
     config: QRAGConfig = network.config
     stage: CandidateStage = network.candidate_stage
+    if config.candidate_context and context is None:
+        raise ValueError("this model's stage reads the selected chunks (candidate_context): pass context=")
     count = chunks.shape[1]
-    # Document-order rank among the valid candidates, in [0, 1]; invalid ones sort last.
-    order = index.masked_fill(~valid, torch.iinfo(index.dtype).max).argsort(dim=1).argsort(dim=1)
-    rank = order.float() / max(count - 1, 1)
+    tokens_index, tokens_valid = index, valid
+    if config.candidate_context:
+        tokens_index, tokens_valid = torch.cat((index, context.index), 1), torch.cat((valid, context.index >= 0), 1)
+    # Document-order rank among the valid tokens, in [0, 1]; invalid ones sort last.
+    order = tokens_index.masked_fill(~tokens_valid, torch.iinfo(index.dtype).max).argsort(dim=1).argsort(dim=1)
+    if config.candidate_context:  # spread over the candidates and the *real* selected chunks (padding varies)
+        rank = order.float() / (count - 1 + (context.index >= 0).sum(1, keepdim=True)).clamp(min=1)
+    else:
+        rank = order.float() / max(count - 1, 1)
     total = base.sum(-1)
     best = total.masked_fill(~valid, -math.inf).max(dim=1, keepdim=True).values
     gap = (total - torch.where(torch.isfinite(best), best, total)).clamp(max=0.0)
     temperature = max(config.alpha, 1e-6)
     if positions is None or config.positions != "relative":
-        segment = place = torch.zeros_like(rank)
+        segment = place = torch.zeros_like(total)
     else:
         segment = torch.div(positions, config.position_step, rounding_mode="floor")
         place = (positions - segment * config.position_step) / config.position_span
         segment = segment / (config.max_steps + 1)
-    scalars = torch.stack((base[..., 0], base[..., 1], torch.exp(gap / temperature), torch.exp(gap / (10 * temperature)),
-                           rank, segment, place), dim=-1)
+    scalars = [base[..., 0], base[..., 1], torch.exp(gap / temperature), torch.exp(gap / (10 * temperature)),
+               rank[:, :count], segment, place]
     match = states.unsqueeze(1) * chunks * math.sqrt(chunks.shape[-1])
-    tokens = torch.cat((chunks, match, scalars), dim=-1)
-    delta = stage(tokens, rank, valid)
+    if config.candidate_context:
+        tokens = torch.cat((chunks, match, torch.stack((*scalars, torch.zeros_like(total)), dim=-1)), dim=-1)
+        selected = context.chunks
+        zero = torch.zeros(selected.shape[:2], device=selected.device)
+        # A selected chunk sits at the start of its own segment: the j-th in document order is segment j + 1.
+        own_segment = (torch.arange(1, selected.shape[1] + 1, device=selected.device) / (config.max_steps + 1)).expand_as(zero)
+        if positions is None or config.positions != "relative":
+            own_segment = zero
+        extra = torch.stack((zero, zero, zero, zero, rank[:, count:], own_segment, zero, torch.ones_like(zero)), dim=-1)
+        extra_match = states.unsqueeze(1) * selected * math.sqrt(selected.shape[-1])
+        tokens = torch.cat((tokens, torch.cat((selected, extra_match, extra), dim=-1)), dim=1)
+    else:
+        tokens = torch.cat((chunks, match, torch.stack(scalars, dim=-1)), dim=-1)
+    delta = stage(tokens, rank, tokens_valid)[:, :count]
     if config.candidate_bound > 0:
         delta = config.candidate_bound * torch.tanh(delta / config.candidate_bound)
     return delta * valid.unsqueeze(-1)
 
 
 def refine(network: "QNetwork", states: torch.Tensor, chunks: torch.Tensor, base: torch.Tensor,
-           positions: torch.Tensor | None, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+           positions: torch.Tensor | None, valid: torch.Tensor,
+           context: SelectedContext | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Final Q halves ``(B, N, 2)`` of every chunk, and the candidate ids ``(B, M)`` (-1 past the available
     chunks; None without a stage).
 
@@ -146,5 +190,5 @@ def refine(network: "QNetwork", states: torch.Tensor, chunks: torch.Tensor, base
     gathered = chunks.gather(1, index.unsqueeze(-1).expand(-1, -1, chunks.shape[-1]))
     pairs = index.unsqueeze(-1).expand(-1, -1, 2)
     where = None if positions is None else positions.gather(1, index)
-    delta = candidate_delta(network, states, gathered, base.gather(1, pairs), where, index, real)
+    delta = candidate_delta(network, states, gathered, base.gather(1, pairs), where, index, real, context)
     return base.scatter_add(1, pairs, delta), index.masked_fill(~real, -1)

@@ -60,11 +60,15 @@ class QRAGConfig:
     # --- candidate stage (issue 16; beyond the paper: agents/qrag/candidates.py) -----------------------------------
     candidate_stage: bool = False
     """False: faithful Q-RAG. True: a learned second stage over the top ``candidate_count`` chunks of Q that
-    sees the other candidates, their Q and their document order, and corrects their Q halves."""
+    sees the other candidates, their Q and their document order, and corrects their Q halves. Train it on a
+    frozen faithful model (``stage_base``): trained together with its base it loses at 1M-10M tokens."""
     candidate_count: int = 8
     candidate_hidden: int = 64
     candidate_heads: int = 4
     candidate_layers: int = 2
+    candidate_context: bool = False
+    """True: the stage also reads the chunks already selected, as tokens beside its candidates (adapter build
+    only), so it can compare a candidate with the facts in the state, not only with the other candidates."""
     candidate_bound: float = 0.0
     """0: the stage's correction to each Q half is unbounded. Above 0: it is ``bound * tanh(raw / bound)``, so
     the stage can only reorder candidates whose base Q lies within about ``4 * bound`` of each other and never
@@ -150,6 +154,8 @@ class QRAGConfig:
         if self.stage_base and not (self.candidate_stage and not self.finetune_encoder):
             raise ConfigError(f"stage_base={self.stage_base!r} trains a candidate stage on a frozen adapter-build "
                               "model: it needs candidate_stage=true and finetune_encoder=false")
+        if self.candidate_context and self.finetune_encoder:
+            raise ConfigError("candidate_context=true is built for the adapter build only: set finetune_encoder=false")
         if self.q_threshold != self.q_threshold:
             raise ConfigError("q_threshold is NaN")
 
@@ -239,8 +245,9 @@ CPU_TASK_TUNING: dict[str, dict[str, Any]] = {
 """Per-task changes to :func:`cpu_config` that validated better on this CPU (benchmarks in the README):
 :data:`ONE_FACT_TUNING` for qa1/qa4/qa5; qa2/qa3 pay 0.1 per supporting fact while training (qa3 collapsed
 without it) and qa2 runs every episode to T (0.875 against 0.83 validation success@k). The candidate stage
-is not in the preset: it lifts qa2 up to 32K tokens and loses badly at 1M-10M
-(benchmarks/studies/results/candidate_stage_test.md)."""
+(beyond the paper) is not in the preset, which stays the faithful method: it is a second run on the faithful
+model (``stage_base``), shipped as the ``<task>-stage`` models (benchmarks/studies/results/candidate_stage.md,
+stage_frozen_base_test_<task>.md)."""
 
 
 def cpu_task_tuning(task: str) -> dict[str, Any]:

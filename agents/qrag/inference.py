@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qrag_agents.qrag.candidates import candidate_delta, refine
+from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotate
@@ -74,6 +74,14 @@ def _positions(network: QNetwork, num_chunks: int, selected: list[int]) -> torch
     return torch.from_numpy(rho).float().to(network.device)
 
 
+def selected_context(network: QNetwork, chunk_embeddings: torch.Tensor, selected: list[int]) -> SelectedContext | None:
+    """The selected chunks as the stage's context (one state), or None for models whose stage does not read them."""
+    if not network.config.candidate_context:
+        return None
+    ordered = torch.tensor([sorted(selected)], dtype=torch.int64, device=chunk_embeddings.device).reshape(1, -1)
+    return SelectedContext(chunk_embeddings[ordered[0]].unsqueeze(0), ordered)
+
+
 @torch.no_grad()
 def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: str, chunks: tuple[str, ...],
                   selected: list[int], action_mask) -> torch.Tensor:
@@ -88,7 +96,8 @@ def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: s
         halves[part] = network.q_halves(state, chunk_embeddings[part], None if rho is None else rho[part])
     valid = torch.from_numpy(np.asarray(action_mask[: len(chunks)], dtype=bool)).to(halves.device)
     halves, _ = refine(network, state, chunk_embeddings.unsqueeze(0), halves.unsqueeze(0),
-                       None if rho is None else rho.unsqueeze(0), valid.unsqueeze(0))
+                       None if rho is None else rho.unsqueeze(0), valid.unsqueeze(0),
+                       selected_context(network, chunk_embeddings, selected))
     return halves[0].sum(-1).masked_fill(~valid, -torch.inf)
 
 
@@ -159,7 +168,8 @@ def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch
     rows = torch.from_numpy(slots).to(network.device)
     base = halves(slots)
     delta = candidate_delta(network, state[None], chunk_embeddings[rows][None], base[None],
-                            None if rho is None else rho[rows][None], rows[None], real[None])
+                            None if rho is None else rho[rows][None], rows[None], real[None],
+                            selected_context(network, chunk_embeddings, selected))
     final = np.concatenate([(base + delta[0]).sum(-1).cpu().numpy()[: len(picked)], top.values[count:]])
     ids = top.ids[: len(final)]
     best = int(np.lexsort((ids, -final))[0])

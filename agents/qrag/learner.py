@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrag_agents.qrag.candidates import candidate_delta, refine
+from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions_batch
@@ -128,6 +128,8 @@ class CandidateSets:
     action_column: torch.Tensor  # where the action sits in its set, -1 when outside, (transitions,)
     features: torch.Tensor | None = None  # frozen chunk features, (transitions, M, d) (adapter build)
     texts: list[str] | None = None  # chunk texts, (transitions * M) flat (full build)
+    context_index: torch.Tensor | None = None  # selected ids in document order, -1 padding, (transitions, S)
+    context_features: torch.Tensor | None = None  # their frozen features, (transitions, S, d) (candidate_context)
 
 
 @dataclass
@@ -310,11 +312,13 @@ class Learner(LearnerBase):
         return network.embed_states(*inputs) if self.texts else network.adapt_states(*inputs)
 
     def _q_halves(self, network: QNetwork, states: torch.Tensor, chunks: torch.Tensor, turn, positions: torch.Tensor,
-                  valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  valid: torch.Tensor, ordered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Final per-half Q of every chunk of every slot ``(B, M, 2)`` (:func:`refine`: the base Q, corrected on
-        the candidates when the network has a candidate stage) and the candidate ids or None."""
+        the candidates when the network has a candidate stage) and the candidate ids or None. ``ordered``: the
+        selected ids in document order ``(B, S)``, which a stage with ``candidate_context`` reads."""
         base = network.q_halves(states.unsqueeze(1), chunks, turn=turn)
-        return refine(network, states, chunks, base, positions, valid.to(base.device))
+        context = SelectedContext.gather(chunks, ordered) if self.config.candidate_context else None
+        return refine(network, states, chunks, base, positions, valid.to(base.device), context)
 
     @torch.no_grad()
     def rollout(self) -> Batch:
@@ -340,6 +344,7 @@ class Learner(LearnerBase):
                                                             config.position_span, config.integer_positions)).float()
             valid = torch.from_numpy(self.slots.action_masks()[:, :width])
             rho_device = rho.to(device)
+            ordered_device = torch.from_numpy(ordered).to(device)
             turn = self.online.rotation(rho_device)
             if self.texts:
                 questions, selected = self._state_texts(ordered)
@@ -350,12 +355,13 @@ class Learner(LearnerBase):
                 state_inputs = (self.question, summed, count)
             # Scores come back to the CPU, where the sampling generator and the returns live.
             target_q, _ = self._q_halves(self.target, self._states(self.target, state_inputs), self.target_chunks[:, :width],
-                                         turn, rho_device, valid)
+                                         turn, rho_device, valid, ordered_device)
             values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
             if t == steps:  # the bootstrap state needs only its target value
                 break
             online_states = self._states(self.online, state_inputs)
-            online_q, candidates = self._q_halves(self.online, online_states, self.chunks[:, :width], turn, rho_device, valid)
+            online_q, candidates = self._q_halves(self.online, online_states, self.chunks[:, :width], turn, rho_device, valid,
+                                                  ordered_device)
             online_q = online_q.cpu()
             if random_phase:
                 scores = torch.rand(valid.shape, generator=self.generator).masked_fill(~valid, -1.0)
@@ -372,7 +378,7 @@ class Learner(LearnerBase):
                 inputs.question[t], inputs.summed[t], inputs.count[t] = self.question, summed, count
                 inputs.actions[t] = self.features[rows.to(device), chosen.to(device)]
             if candidates is not None:
-                sets.append(self._candidate_set(candidates.cpu(), rho, chosen))
+                sets.append(self._candidate_set(candidates.cpu(), rho, chosen, ordered_device))
             self.selected[np.arange(size), self.num_selected] = actions
             self.num_selected += 1
             playing = list(self.slots.episodes)  # ended slots are reset within the step
@@ -397,9 +403,10 @@ class Learner(LearnerBase):
         return Batch(inputs, positions.reshape(-1), targets.reshape(-1), returns, successes,
                      self._candidate_sets(sets) if sets else None)
 
-    def _candidate_set(self, index: torch.Tensor, rho: torch.Tensor, chosen: torch.Tensor) -> tuple:
+    def _candidate_set(self, index: torch.Tensor, rho: torch.Tensor, chosen: torch.Tensor, ordered: torch.Tensor) -> tuple:
         """One step's candidate sets: :func:`refine`'s ids (-1 past the available chunks: stored as copies of the
-        best one, marked invalid, as :func:`refine` scores them), their positions, and where the action sits."""
+        best one, marked invalid, as :func:`refine` scores them), their positions, where the action sits, and
+        (``candidate_context``) the selected ids and features the stage read beside them."""
         real = index >= 0
         index = torch.where(real, index, index[:, :1])
         hits = (index == chosen.unsqueeze(1)) & real
@@ -410,16 +417,22 @@ class Learner(LearnerBase):
         else:
             device = self.features.device
             found = self.features.gather(1, index.to(device).unsqueeze(-1).expand(-1, -1, self.features.shape[-1]))
-        return index, rho.gather(1, index), real, column, found
+        context = (None, None)
+        if self.config.candidate_context:
+            context = (ordered.cpu(), SelectedContext.gather(self.features, ordered).chunks)
+        return index, rho.gather(1, index), real, column, found, *context
 
     def _candidate_sets(self, sets: list[tuple]) -> CandidateSets:
         """The rollout's candidate sets, time-major like the batch."""
-        index, positions, valid, column, found = zip(*sets)
+        index, positions, valid, column, found, context_index, context_features = zip(*sets)
         cat = partial(torch.cat, dim=0)
         if self.texts:
             return CandidateSets(cat(index), cat(positions), cat(valid), cat(column),
                                  texts=[text for step in found for text in step])
-        return CandidateSets(cat(index), cat(positions), cat(valid), cat(column), features=cat(found))
+        context = {}
+        if self.config.candidate_context:
+            context = {"context_index": cat(context_index), "context_features": cat(context_features)}
+        return CandidateSets(cat(index), cat(positions), cat(valid), cat(column), features=cat(found), **context)
 
     def _candidate_q(self, states: torch.Tensor, action_q: torch.Tensor, sets: CandidateSets) -> torch.Tensor:
         """The final Q halves of each taken action: its base Q plus the stage's correction, scored within the
@@ -430,14 +443,20 @@ class Learner(LearnerBase):
         """
         device = self.online.device
         count = sets.index.shape[1]
+        context = None
         with torch.no_grad():
             if self.texts:
                 chunks = self.online.embed_chunks(sets.texts).view(len(states), count, -1)
             else:
                 chunks = self.online.adapt_chunks(sets.features.reshape(-1, sets.features.shape[-1])).view(len(states), count, -1)
+            if sets.context_index is not None:
+                ids = sets.context_index.to(device)
+                selected = self.online.adapt_chunks(sets.context_features.to(device)) * (ids >= 0).unsqueeze(-1)
+                context = SelectedContext(selected, ids)
         positions = sets.positions.to(device)
         base = self.online.q_halves(states.unsqueeze(1), chunks, positions)
-        delta = candidate_delta(self.online, states, chunks, base, positions, sets.index.to(device), sets.valid.to(device))
+        delta = candidate_delta(self.online, states, chunks, base, positions, sets.index.to(device), sets.valid.to(device),
+                                context)
         column = sets.action_column.to(device)
         picked = delta.gather(1, column.clamp(min=0).view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
         return action_q + picked * (column >= 0).unsqueeze(-1)
