@@ -82,6 +82,7 @@ BUILTIN_AGENTS: dict[str, str] = {
     "maskable-ppo": "qrag_agents.baselines.sb3:MaskablePPOAgent",
     "dqn": "qrag_agents.baselines.sb3:DQNAgent",
     "qrag": "qrag_agents.qrag.agent:QRAGAgent",
+    "qrag-stage": "qrag_agents.qrag.agent:StagedQRAGAgent",
 }
 """Built-in names -> ``module:Class`` (imported lazily: naming ``random`` never imports SB3)."""
 

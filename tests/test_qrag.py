@@ -285,10 +285,12 @@ def test_shipped_models_load_and_beat_dense_multistep_on_test_stories(small_data
     scores = {name: summarize(run_cell(Cell(name, "qa2", "1K", 1_000, 0, 20), make_agent(name), env))["success_at_k"]
               for name in ("qrag", "dense-multistep")}
     assert scores["qrag"] >= 0.6 and scores["qrag"] >= scores["dense-multistep"] + 0.4, scores
-    stage = QRAGAgent.from_pretrained("qa2-stage")  # the candidate-stage model ships beside faithful qa2
+    stage = make_agent("qrag-stage")  # the candidate-stage model ships beside faithful qa2, as qa2-stage
     staged = summarize(run_cell(Cell("qrag-stage", "qa2", "1K", 1_000, 0, 20), stage, env))["success_at_k"]
     assert stage.network.candidate_stage is not None and stage.network.config.task == "qa2"
     assert staged >= scores["dense-multistep"] + 0.4, staged
+    faithful = load_model(pretrained_folder("qa2")).state_dict()  # trained on the shipped faithful model, frozen
+    assert all(torch.equal(stage.network.state_dict()[name], value) for name, value in faithful.items())
     with pytest.raises(FileNotFoundError, match="shipped: "):
         QRAGAgent.from_pretrained("qa9")
 
@@ -308,3 +310,20 @@ def test_export_records_provenance_in_the_manifest_and_old_configs_still_load(ne
     old = json.loads((shipped / "qa2" / "config.json").read_text()) | {"extra": {"exported_from": "somewhere"}}
     (shipped / "qa2" / "config.json").write_text(json.dumps(old))
     assert load_model(shipped / "qa2").config.task == network.config.task
+
+
+def test_staged_agent_reads_task_stage_folders_and_says_how_to_train_one(tmp_path, network: QNetwork) -> None:
+    """``qrag-stage`` reads ``<models_dir>/<task>-stage/best`` (``qrag`` keeps ``<task>/best``); a missing one is
+    an error that gives the command training it on the faithful model."""
+    from qrag_agents import make_agent
+
+    staged, faithful = make_agent("qrag-stage", models_dir=str(tmp_path), seed=0), make_agent("qrag", models_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"qa3-stage.*--set candidate_stage=true stage_base=runs/qa3/best"):
+        staged.check_task("qa3")
+    save_model(network, tmp_path / "qa3" / "best")
+    with torch.no_grad():
+        next(network.parameters()).add_(0.01)
+    save_model(network, tmp_path / "qa3-stage" / "best")
+    staged.check_task("qa3")
+    assert staged.settings_fingerprint("qa3") != faithful.settings_fingerprint("qa3")
+    assert staged._folder_for("qa3") == tmp_path / "qa3-stage" / "best"

@@ -7,6 +7,8 @@ for every task; ``QRAGAgent(models_dir="runs")`` a user's own ``runs/<task>/best
 falls back to the ``niah`` model (``qrag-train --task niah:all`` trains on all eight). ``shortlist=k`` takes the certified faiss shortlist on long documents
 (same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`qrag_agents.qrag.inference`).
 ``QRAGAgent(network=...)`` wraps a network in memory (validation during training).
+:class:`StagedQRAGAgent` (``qrag-stage`` in ``qrag-bench``) reads the ``<task>-stage`` models instead: the
+candidate stage (beyond the paper, :mod:`qrag_agents.qrag.candidates`) trained on the faithful ``<task>`` model.
 
 What it keeps: the picks before the first step whose max-Q fell to the threshold (the paper's Q-value
 chunk filter; 0.5 by default, the model's ``q_threshold``). Evaluation episodes still run all T steps; the
@@ -34,6 +36,9 @@ from qrag_gym.tasks import short_name
 class QRAGAgent:
     """Greedy ``argmax_a Q(s, a)`` over the available chunks, chunk embeddings computed once per episode."""
 
+    suffix = ""
+    """Appended to the task's name to find its model folder (``-stage`` for :class:`StagedQRAGAgent`)."""
+
     def __init__(self, model: str | None = None, models_dir: str | None = None, threshold: float | None = None,
                  shortlist: int | None = None, device: str = "cpu", network: QNetwork | None = None) -> None:
         self.model, self.threshold, self.shortlist = model, threshold, shortlist
@@ -51,7 +56,7 @@ class QRAGAgent:
         """Where a model for ``task`` may be, in order of preference."""
         if self.model:
             return [Path(self.model)]
-        names = [task, "niah"] if task in NIAH_VARIANTS else [task]
+        names = [name + self.suffix for name in ([task, "niah"] if task in NIAH_VARIANTS else [task])]
         if self.models_dir is None:
             return [PRETRAINED_DIR / name for name in names]
         return [self.models_dir / name / "best" for name in names]
@@ -62,9 +67,11 @@ class QRAGAgent:
         folder = next((f for f in candidates if (f / "model.safetensors").is_file()), None)
         if folder is None:
             train = f"niah:{task}" if task in NIAH_VARIANTS else task
+            command = (f"qrag-train --task {train} --out runs/{task}{self.suffix}"
+                       + (f" --set candidate_stage=true stage_base=runs/{task}/best" if self.suffix else ""))
             raise FileNotFoundError(f"no trained Q-RAG model for {task} at {' or '.join(map(str, candidates))}: "
-                                    f"train one with `qrag-train --task {train} --out runs/{task}` and pass "
-                                    f"models_dir='runs' (qrag-bench --qrag-models runs), or leave qrag out")
+                                    f"train one with `{command}` and pass models_dir='runs' "
+                                    f"(qrag-bench --qrag-models runs), or leave this agent out")
         return folder
 
     def check_task(self, task: str) -> None:
@@ -112,3 +119,10 @@ class QRAGAgent:
         """The selections before the first step whose max-Q fell to the threshold."""
         threshold = self.network.config.q_threshold if self.threshold is None else self.threshold
         return keep_until_threshold(list(info["selected_order"]), self._max_q, threshold)
+
+
+class StagedQRAGAgent(QRAGAgent):
+    """Q-RAG with the candidate stage (beyond the paper): the ``<task>-stage`` models, shipped or in
+    ``models_dir`` (``runs/qa2-stage/best``), each a stage trained on the faithful ``<task>`` model, frozen."""
+
+    suffix = "-stage"

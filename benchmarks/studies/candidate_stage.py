@@ -148,12 +148,13 @@ def row(folder: Path, name: str, reference: str) -> list[str]:
 
 def table(args: argparse.Namespace) -> None:
     header = ["variant", "1K: success@k [95%] / F1 / answer", "4K: success@k [95%] / F1 / answer",
-              "paired Δ success@k vs the task's first row, 1K / 4K", "updates", "s/update (shared 2 cores)"]
+              "paired Δ success@k vs the task's first row (or @ reference), 1K / 4K", "updates", "s/update (shared 2 cores)"]
     references: dict[str, str] = {}
     rows = []
-    for name in args.runs:
+    for spec in args.runs:
+        name, _, reference = spec.partition("@")
         task = json.loads((args.folder / f"{name}.json").read_text())["summaries"][0]["task"]
-        rows.append(row(args.folder, name, references.setdefault(task, name)))
+        rows.append(row(args.folder, name, reference or references.setdefault(task, name)))
     text = markdown_table(header, rows)
     write_atomic(args.out / "candidate_stage.md", "# Candidate stage (issue 16), qa2 and qa3\n\n"
                  + __doc__.split("\n\n", 1)[1] + "\n" + text + "\n" + NOTES)
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     rule.add_argument("--json", type=Path, required=True, help="where to write summaries and records (never replaced)")
     rows = commands.add_parser("table", help="write candidate_stage.md from runs and their evaluation JSONs")
     rows.add_argument("folder", type=Path, help="folder with <name>/ runs and <name>.json evaluations")
-    rows.add_argument("--runs", nargs="+", required=True, help="variant names, in table order")
+    rows.add_argument("--runs", nargs="+", required=True,
+                      help="variant names, in table order; NAME@REFERENCE pairs a row with another row than its task's first")
     add_out_argument(rows, STUDY_RESULTS)
     args = parser.parse_args(argv)
     if args.command == "rule":
