@@ -50,9 +50,9 @@ JOINT_NOTES = """Reading:
   which reads their content and order, misranks them. Training it on longer documents was not tried.
 - The certified shortlist (16 a bucket, used at 1M and 10M) serves the stage exactly: the same picks and
   kept chunks as a full scan in 10 of 10 1M episodes.
-- Not adopted into the CPU preset: the package is for long documents, and trading 10M-token answer accuracy
-  1.00 for 0.67 is not acceptable. The model ships as `qa2-stage` (`QRAGAgent.from_pretrained("qa2-stage")`)
-  for documents up to about 100K tokens.
+- Not adopted: the package is for long documents, and trading 10M-token answer accuracy 1.00 for 0.67 is not
+  acceptable. It shipped for a while as `qa2-stage`; that name now holds the stage trained on the frozen
+  faithful model, which gains at every length (`stage_frozen_base_test_qa2.md`).
 """
 
 
