@@ -280,6 +280,7 @@ def test_shipped_models_load_and_beat_dense_multistep_on_test_stories(small_data
     from qrag_agents.qrag.pretrained import available, pretrained_folder
 
     assert {"qa1", "qa2", "qa3"} <= set(available())
+    assert {f"qa{n}-stage" for n in range(1, 6)} <= set(available())  # qrag-stage covers every bAbI task
     assert load_model(pretrained_folder("qa2")).config.task == "qa2"
     env = make_eval_env("qa2", 1_000, "test", data_dir=str(small_data_dir))
     scores = {name: summarize(run_cell(Cell(name, "qa2", "1K", 1_000, 0, 20), make_agent(name), env))["success_at_k"]

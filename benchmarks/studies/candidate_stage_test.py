@@ -70,6 +70,15 @@ TASK_NOTES = {
     "qa3": ("- qa3: no real gain: success@k +0.00 to +0.05 up to 128K (intervals include 0), fact F1 level, answer\n"
             "  accuracy 0.03-0.07 lower. Not shipped. Every one of 150 validation misses had the right fact among the\n"
             "  stage's 8 candidates and picked another story fact (``candidate_context`` is the follow-up).\n"),
+    "qa1": "- qa1: success@k +0.03 to +0.04 at every length (0.99-1.00), fact F1 0.997-1.000, answer unchanged (1.00).\n",
+    "qa5": "- qa5: success@k +0.03 to +0.05 (0.99-1.00), fact F1 0.99-1.00, answer accuracy level (0.99).\n",
+    "qa3_c16": ("- qa3 with 16 candidates (``candidate_count=16``): small gains at every length, success@k +0.03 to\n"
+                "  +0.05, fact F1 +0.03 to +0.05, answer accuracy +0.04 to +0.06; far below the 0.95 target.\n"),
+    "qa3_ctx": ("- qa3 with the selected chunks as context (``candidate_context=true``; chosen over 8 and 16 plain candidates\n"
+                "  by the validation stories, where it had the best success@k and F1, and shipped as ``qa3-stage``):\n"
+                "  success@k +0.06 to +0.10, fact F1 +0.03 to +0.07, answer accuracy level (-0.01 to +0.03); far below the\n"
+                "  0.95 target (F1 0.86-0.88, answer 0.83-0.87). On these test stories the 16-candidate stage gave the\n"
+                "  better answer accuracy (``stage_frozen_base_test_qa3_c16.md``).\n"),
     "qa4": ("- qa4: the faithful model kept both of a story's two facts in most episodes (fact F1 0.78); with the\n"
             "  stage the first pick is right more often and Q falls after it, so F1 is 0.96-0.98 at every length.\n"
             "  Answer accuracy goes 1.00 -> 0.97-0.99: the exact reader, given only the kept fact, fails when that\n"
@@ -101,9 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="qa2")
     parser.add_argument("--variant", choices=sorted(NOTES), default="joint",
                         help="how the stage model was trained: with its base (joint) or on a frozen faithful model")
+    parser.add_argument("--label", default="", help="frozen-base only: a name for a stage setting, added to the "
+                        "file name (stage_frozen_base_test_<task>_<label>.md), e.g. c16 for candidate_count=16")
     add_out_argument(parser, STUDY_RESULTS)
     args = parser.parse_args(argv)
-    name = "candidate_stage_test.md" if args.variant == "joint" else f"stage_frozen_base_test_{args.task}.md"
+    key = args.task + (f"_{args.label}" if args.label else "")
+    name = "candidate_stage_test.md" if args.variant == "joint" else f"stage_frozen_base_test_{key}.md"
     claim_outputs(parser, args, name)
     faithful, stage = records_of(args.faithful, args.task), records_of(args.stage, args.task, ("qrag-stage", "qrag"))
     lengths = [length for length in LENGTHS if any(r["length"] == length for r in stage)]
@@ -118,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"# {how.capitalize()} on the official {args.task} test stories (issue 16)\n\n"
                  + __doc__.split("\n\n", 1)[1] + "\nCells: success@k [Wilson 95%] / fact F1 / answer accuracy.\n\n"
                  + table + "\n" + NOTES[args.variant]
-                 + (TASK_NOTES.get(args.task, "") if args.variant == "frozen-base" else ""))
+                 + (TASK_NOTES.get(key, "") if args.variant == "frozen-base" else ""))
     print(table)
 
 
