@@ -50,7 +50,7 @@ from qrag_gym.tasks import (ENV_IDS, NATURAL_LENGTH, READERS, TASK_NAMES, defaul
 
 ENV_ID = ENV_IDS["babilong"]
 CHEAP_AGENTS = ("random", "oracle", "bm25", "bm25-multistep", "dense", "dense-multistep")
-QUICK = {"agents": [*CHEAP_AGENTS, "qrag"], "tasks": ["qa1", "qa2"], "lengths": ["1K", "4K"], "episodes": 20}
+QUICK = {"agents": [*CHEAP_AGENTS, "qrag", "qrag-stage"], "tasks": ["qa1", "qa2"], "lengths": ["1K", "4K"], "episodes": 20}
 """The ``--quick`` preset (any option given explicitly still wins)."""
 
 
