@@ -13,6 +13,11 @@ position (segment and place inside the gap between selected facts). Self-attenti
 add a learned per-head bias for "the other candidate is earlier / the same / later in the document"
 mix the tokens, and a zero-initialised output layer adds a residual to each candidate's Q halves: a
 new stage starts exactly at the faithful model. Chunks outside the top ``candidate_count`` keep their base Q.
+With ``candidate_context`` the selected chunks join as extra tokens (:class:`SelectedContext`).
+
+Train it on a frozen faithful model (``stage_base``, :func:`qrag_agents.qrag.checkpoint.load_stage_base`): the
+base Q then stays the faithful one, which is what holds up on 1M-10M-token documents; trained together with its
+base, the base learned to rank look-alike book sentences first there.
 
 :func:`refine` is the one place the final Q is made from the base Q: acting
 (:func:`qrag_agents.qrag.inference.step_q_values`), the learner's rollouts (policy and soft target
