@@ -49,7 +49,7 @@ class QRAGAgent:
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs: Any) -> "QRAGAgent":
-        """The shipped model ``name`` (``qa1``..``qa5``, ``niah``) for every task."""
+        """The shipped model ``name`` (``qa1``..``qa5``, ``qa2-stage``, ``niah``, ...: :func:`qrag_agents.qrag.pretrained.available`) for every task."""
         return cls(model=str(pretrained_folder(name)), **kwargs)
 
     def _model_folders(self, task: str) -> list[Path]:

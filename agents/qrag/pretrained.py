@@ -23,7 +23,7 @@ MANIFEST = "manifest.json"
 
 
 def available() -> list[str]:
-    """Names of the shipped models (``qa1``..``qa5``, ``niah``)."""
+    """Names of the shipped models (``qa1``..``qa5``, their ``-stage`` twins, ``niah``, ``hotpotqa``)."""
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "model.safetensors").is_file()) \
         if PRETRAINED_DIR.is_dir() else []
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="the shipped models")
     out = sub.add_parser("export", help="store a trained model (a qrag-train best/ folder) in the package")
     out.add_argument("model", type=Path)
-    out.add_argument("name", help="qa1..qa5 or niah")
+    out.add_argument("name", help="qa1..qa5, niah, hotpotqa, or <task>-stage for a candidate-stage model")
     out.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "list":
