@@ -145,7 +145,8 @@ def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Ten
     best = total.masked_fill(~valid, -math.inf).max(dim=1, keepdim=True).values
     gap = (total - torch.where(torch.isfinite(best), best, total)).clamp(max=0.0)
     temperature = max(config.alpha, 1e-6)
-    if positions is None or config.positions != "relative":
+    relative = positions is not None and config.positions == "relative"
+    if not relative:
         segment = place = torch.zeros_like(total)
     else:
         segment = torch.div(positions, config.position_step, rounding_mode="floor")
@@ -159,9 +160,9 @@ def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Ten
         selected = context.chunks
         zero = torch.zeros(selected.shape[:2], device=selected.device)
         # A selected chunk sits at the start of its own segment: the j-th in document order is segment j + 1.
-        own_segment = (torch.arange(1, selected.shape[1] + 1, device=selected.device) / (config.max_steps + 1)).expand_as(zero)
-        if positions is None or config.positions != "relative":
-            own_segment = zero
+        own_segment = zero
+        if relative:
+            own_segment = (torch.arange(1, selected.shape[1] + 1, device=selected.device) / (config.max_steps + 1)).expand_as(zero)
         extra = torch.stack((zero, zero, zero, zero, rank[:, count:], own_segment, zero, torch.ones_like(zero)), dim=-1)
         extra_match = states.unsqueeze(1) * selected * math.sqrt(selected.shape[-1])
         tokens = torch.cat((tokens, torch.cat((selected, extra_match, extra), dim=-1)), dim=1)

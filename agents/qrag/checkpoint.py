@@ -87,12 +87,17 @@ def load_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     return {name: tensor.to(device) for name, tensor in tensors.items()}
 
 
+def require_model_folder(folder: Path, label: str) -> None:
+    """Raise, naming ``label`` (the folder or the argument that gave it), unless ``folder`` holds a saved model."""
+    for name in (WEIGHTS, CONFIG):  # ConfigError (a bad config.json) and CheckpointError both name the file
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{label} is not a Q-RAG model folder: {name} is missing")
+
+
 def load_model(folder: str | Path, embedder: TextEmbedder | None = None, device: str = "cpu") -> QNetwork:
     """Load a model saved by :func:`save_model` (the frozen embedder is shared per process)."""
     folder = Path(folder)
-    for name in (WEIGHTS, CONFIG):  # ConfigError (a bad config.json) and CheckpointError both name the file
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} is not a Q-RAG model folder: {name} is missing")
+    require_model_folder(folder, str(folder))
     config = QRAGConfig.load(folder / CONFIG)
     weights = load_weights(folder / WEIGHTS, device)
     if not config.finetune_encoder and embedder is None:
@@ -118,9 +123,7 @@ def load_stage_base(network: QNetwork, folder: str | Path) -> None:
     1M tokens). A stage on a frozen faithful base can only reorder what that base already ranks high.
     """
     folder = Path(folder)
-    for name in (WEIGHTS, CONFIG):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"stage_base={str(folder)!r} is not a Q-RAG model folder: {name} is missing")
+    require_model_folder(folder, f"stage_base={str(folder)!r}")
     base = QRAGConfig.load(folder / CONFIG)
     if base.candidate_stage or base.finetune_encoder:
         raise ConfigError(f"stage_base={str(folder)!r}: expected a faithful adapter-build model (candidate_stage "

@@ -79,7 +79,7 @@ def selected_context(network: QNetwork, chunk_embeddings: torch.Tensor, selected
     if not network.config.candidate_context:
         return None
     ordered = torch.tensor([sorted(selected)], dtype=torch.int64, device=chunk_embeddings.device).reshape(1, -1)
-    return SelectedContext(chunk_embeddings[ordered[0]].unsqueeze(0), ordered)
+    return SelectedContext.gather(chunk_embeddings.unsqueeze(0), ordered)
 
 
 @torch.no_grad()
