@@ -19,6 +19,7 @@ from qrag_gym.tasks import NIAH_ALL, NIAH_PREFIX, family_of  # the one task tabl
 
 POSITIONS = ("relative", "none")
 TRAIN_SOURCES = ("auto", "real", "real+generated")
+ROLLOUT_PRECISIONS = ("float32", "bfloat16")
 
 _AT_LEAST_1 = ("adapter_hidden", "candidate_hidden", "candidate_heads", "candidate_layers", "chunk_max_tokens",
                "state_piece_max_tokens", "train_num_sentences",
@@ -111,6 +112,12 @@ class QRAGConfig:
     final_lr_ratio: float = 0.0
     max_grad_norm: float = 2.0
     random_transitions: int = 400
+    rollout_precision: str = "float32"
+    """Precision of the matrix products that embed each new training episode's chunks for the rollout (online
+    and target chunk encoders, no gradient): "float32" or "bfloat16" (autocast). Why: those products are about
+    a third of a CPU update, and bfloat16 runs them ~3.7x faster where the CPU multiplies bfloat16 natively
+    (AMX/AVX512-BF16; slower than float32 where it does not). Only the rollout's scores change, by ~1e-3;
+    the update's gradients, evaluation and acting stay float32 (benchmarks/studies/results/learner_speed.md)."""
     # --- evaluation / logging -------------------------------------------------------------------
     q_threshold: float = 0.5
     eval_every: int = 500
@@ -130,6 +137,8 @@ class QRAGConfig:
             setattr(self, item.name, _checked(item.name, getattr(self, item.name), hints[item.name]))
         if self.positions not in POSITIONS:
             raise ConfigError(f"positions={self.positions!r}: choose one of {POSITIONS}")
+        if self.rollout_precision not in ROLLOUT_PRECISIONS:
+            raise ConfigError(f"rollout_precision={self.rollout_precision!r}: choose one of {ROLLOUT_PRECISIONS}")
         if self.train_source not in TRAIN_SOURCES:
             raise ConfigError(f"train_source={self.train_source!r}: choose one of {TRAIN_SOURCES}")
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps", "xpu")):

@@ -22,6 +22,7 @@ together update for update (the previous learner is kept, frozen, as the baselin
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +46,7 @@ def lambda_returns(rewards: torch.Tensor, dones: torch.Tensor, values: torch.Ten
     ``values`` has ``T + 1`` rows: ``values[t]`` is the soft target value of the state in which
     transition ``t`` was taken, and ``values[T]`` that of the state after the last transition.
     ``G_{T-1} = r_{T-1} + g m_{T-1} v_T``; ``G_t = r_t + g m_t ((1 - lam) v_{t+1} + lam G_{t+1})``.
+    Only rows 1..T are read (row 0 keeps the layout of the paper's indices).
     """
     steps = rewards.shape[0]
     if values.shape[0] != steps + 1:
@@ -282,10 +284,13 @@ class Learner(LearnerBase):
         buffers = [self.chunks, self.target_chunks]
         if self.texts:
             texts = [text for episode in episodes for text in episode.chunks]
-            values = [self.online.embed_chunks(texts), self.target.embed_chunks(texts)]
+            with self._rollout_precision():
+                values = [self.online.embed_chunks(texts), self.target.embed_chunks(texts)]
         else:
             features = self.online.episode_features(episodes)  # by chunk id
-            values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features), features]
+            with self._rollout_precision():
+                values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features)]
+            values.append(features)
             buffers.append(self.features)
             self.question[rows] = self.online.chunk_features([episode.question for episode in episodes])
         for buffer, value in zip(buffers, values):
@@ -294,6 +299,13 @@ class Learner(LearnerBase):
                 buffer[row, len(piece):] = 0.0
         self.num_chunks[rows] = sizes
         self.selected[rows], self.num_selected[rows], self.episode_return[rows] = -1, 0, 0.0
+
+    def _rollout_precision(self) -> contextlib.AbstractContextManager:
+        """Autocast to bfloat16 for the rollout's chunk encoding when ``rollout_precision`` asks for it (the
+        buffers stay float32, so everything downstream of the chunk encoders runs as before)."""
+        if self.config.rollout_precision == "bfloat16":
+            return torch.autocast(self.online.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _document_order(self) -> np.ndarray:
         """Each slot's selected ids in document order, -1 padding last ``(B, max_steps)``."""
@@ -353,10 +365,12 @@ class Learner(LearnerBase):
                 summed = summed_selected(self.features, torch.from_numpy(ordered).to(device))
                 count = torch.from_numpy(self.num_selected / config.max_steps).float().unsqueeze(-1).to(device)
                 state_inputs = (self.question, summed, count)
-            # Scores come back to the CPU, where the sampling generator and the returns live.
-            target_q, _ = self._q_halves(self.target, self._states(self.target, state_inputs), self.target_chunks[:, :width],
-                                         turn, rho_device, valid, ordered_device)
-            values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
+            # Scores come back to the CPU, where the sampling generator and the returns live. The returns read
+            # values[1..T] only (the value of the state a transition leads to), so step 0 scores no target.
+            if t > 0:
+                target_q, _ = self._q_halves(self.target, self._states(self.target, state_inputs),
+                                             self.target_chunks[:, :width], turn, rho_device, valid, ordered_device)
+                values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
             if t == steps:  # the bootstrap state needs only its target value
                 break
             online_states = self._states(self.online, state_inputs)

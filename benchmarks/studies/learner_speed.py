@@ -1,13 +1,14 @@
-"""Transitions per second of the Q-RAG learner on ids and tensors against the per-episode learner it replaced
-(issue 15, item 4), both in one process, same config, same seed.
+"""Transitions per second of the Q-RAG learner on ids and tensors (float32, and with ``rollout_precision=bfloat16``)
+against the per-episode learner it replaced (issue 15, item 4), all in one process, same config, same seed.
 
 "Today's learner" is :mod:`qrag_benchmarks.studies.baseline_learner`, a frozen copy of ``agents/qrag/learner.py``
-and its scoring at commit d2713a5 (this study's baseline, not product code). Both learners are built with the
-same networks, envs and seed, so they play the same episodes with the same Boltzmann draws: the script checks
-that every update's td_loss is equal between the two (a wrong speed-up would show as a mismatch).
+and its scoring at commit d2713a5 (this study's baseline, not product code). All learners are built with the
+same networks, envs and seed; the baseline and the float32 learner play the same episodes with the same Boltzmann
+draws, and the script checks that every update's td_loss is equal between those two (a wrong speed-up would show
+as a mismatch). The bfloat16 rollout's scores differ in the last bits, so its draws drift apart from the others.
 
-Timing: ``--rounds`` rounds, each timing ``--updates`` updates (rollout + update) of one learner and then of
-the other (the order alternates round by round, so load from other processes hits both alike), after
+Timing: ``--rounds`` rounds, each timing ``--updates`` updates (rollout + update) of each learner in turn (the
+order reverses round by round, so load from other processes hits all alike), after
 ``--warmup`` untimed updates each. Two clocks: CPU seconds of this process (``time.process_time``; on this
 machine other jobs share the 2 cores, so wall time mostly measures their scheduling) and wall seconds.
 Reported: medians over rounds of s/update and transitions/s (``num_envs x rollout_steps`` per update); one
@@ -36,7 +37,13 @@ from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_ou
 from qrag_benchmarks.studies.baseline_learner import Learner as BaselineLearner
 from qrag_gym.embedding import shared_embedder
 
-LEARNERS = {"baseline (d2713a5)": BaselineLearner, "ids + tensors": Learner}
+BASELINE, IDS = "baseline (d2713a5)", "ids + tensors"
+LEARNERS: dict[str, tuple[type, dict[str, Any]]] = {
+    BASELINE: (BaselineLearner, {}),
+    IDS: (Learner, {}),
+    "ids + tensors, bfloat16 rollout": (Learner, {"rollout_precision": "bfloat16"}),
+}
+"""Each learner's class and its config changes from the preset (the bfloat16 rollout is ``rollout_precision``)."""
 
 
 def build(cls: type, config: QRAGConfig, data_dir: str | None) -> Any:
@@ -61,8 +68,9 @@ def timed(learner: Any, updates: int) -> tuple[float, float, list[float]]:
 
 def measure(task: str, rounds: int, updates: int, warmup: int, data_dir: str | None) -> dict[str, Any]:
     # Boltzmann phase from the start; faithful Q-RAG: the frozen baseline has no candidate stage.
-    config = preset_config(f"cpu/{task}", {"random_transitions": 0, "candidate_stage": False})
-    learners = {name: build(cls, config, data_dir) for name, cls in LEARNERS.items()}
+    base = {"random_transitions": 0, "candidate_stage": False}
+    learners = {name: build(cls, preset_config(f"cpu/{task}", {**base, **changes}), data_dir)
+                for name, (cls, changes) in LEARNERS.items()}
     losses: dict[str, list[float]] = {name: [] for name in learners}
     for name, learner in learners.items():
         losses[name] += timed(learner, warmup)[2]
@@ -77,20 +85,21 @@ def measure(task: str, rounds: int, updates: int, warmup: int, data_dir: str | N
             losses[name] += round_losses
         print(f"{task} round {round_index}: " + ", ".join(f"{name} {cpu[name][-1]:.3f} CPU s/update" for name in learners),
               flush=True)
-    config = learners["ids + tensors"].config
+    config = learners[IDS].config
     per_update = config.num_envs * config.rollout_steps
     entry: dict[str, Any] = {"num_envs": config.num_envs, "rollout_steps": config.rollout_steps,
                              "train_num_sentences": config.train_num_sentences,
-                             "same_td_loss_every_update": losses["baseline (d2713a5)"] == losses["ids + tensors"],
-                             "updates_each": len(losses["ids + tensors"]), "learners": {}}
+                             "same_td_loss_every_update": losses[BASELINE] == losses[IDS],
+                             "updates_each": len(losses[IDS]), "learners": {}}
     for name in learners:
         cpu_s, wall_s = statistics.median(cpu[name]), statistics.median(wall[name])
         entry["learners"][name] = {"cpu_s_per_update": cpu_s, "wall_s_per_update": wall_s,
                                    "cpu_transitions_per_s": per_update / cpu_s, "wall_transitions_per_s": per_update / wall_s,
                                    "cpu_rounds": cpu[name], "wall_rounds": wall[name]}
-    base, new = entry["learners"]["baseline (d2713a5)"], entry["learners"]["ids + tensors"]
-    entry["speedup_cpu"] = base["cpu_s_per_update"] / new["cpu_s_per_update"]
-    entry["speedup_wall"] = base["wall_s_per_update"] / new["wall_s_per_update"]
+    baseline = entry["learners"][BASELINE]
+    for figures in entry["learners"].values():
+        figures["speedup_cpu"] = baseline["cpu_s_per_update"] / figures["cpu_s_per_update"]
+        figures["speedup_wall"] = baseline["wall_s_per_update"] / figures["wall_s_per_update"]
     return entry
 
 
@@ -119,8 +128,8 @@ def main() -> None:
         entry = results["tasks"][task] = measure(task, args.rounds, args.updates, args.warmup, args.data_dir)
         for name, figures in entry["learners"].items():
             rows.append([task, name, f"{figures['cpu_s_per_update']:.3f}", f"{figures['cpu_transitions_per_s']:,.0f}",
-                         f"{figures['wall_s_per_update']:.3f}", f"{figures['wall_transitions_per_s']:,.0f}"])
-        rows.append([task, "**speed-up**", f"**{entry['speedup_cpu']:.2f}x**", "", f"{entry['speedup_wall']:.2f}x", ""])
+                         f"**{figures['speedup_cpu']:.2f}x**", f"{figures['wall_s_per_update']:.3f}",
+                         f"{figures['wall_transitions_per_s']:,.0f}", f"{figures['speedup_wall']:.2f}x"])
     results["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "learner_speed.json", results)
@@ -134,9 +143,12 @@ def main() -> None:
         "updates. CPU = `time.process_time` of the process (other jobs share this machine's 2 cores: load average "
         f"{results['load_average_at_start'][0]:.1f} at the start, {results['load_average_at_end'][0]:.1f} at the end), "
         "wall = `time.perf_counter`.\n\n"
-        + markdown_table(["task", "learner", "CPU s/update", "transitions/CPU s", "wall s/update", "transitions/wall s"], rows)
-        + f"\nSame td_loss at every update in both learners (same episodes and draws): **{same}** "
-        f"({first['updates_each']} updates each per task).\n\n"
+        + markdown_table(["task", "learner", "CPU s/update", "transitions/CPU s", "CPU speed-up", "wall s/update",
+                          "transitions/wall s", "wall speed-up"], rows)
+        + f"\nSame td_loss at every update in the baseline and the float32 ids + tensors learner (same episodes and "
+        f"draws): **{same}** ({first['updates_each']} updates each per task). The bfloat16 rollout scores new "
+        "episodes' chunks at lower precision, so its draws differ; its learning curves against float32 are in "
+        "`rollout_precision.md`.\n\n"
         "Baseline: `benchmarks/studies/baseline_learner.py`, the learner and scoring of commit d2713a5, frozen.\n\n"
         "    python -m qrag_benchmarks.studies.learner_speed " + " ".join(
             ["--tasks", *args.tasks, "--rounds", str(args.rounds), "--updates", str(args.updates), "--warmup", str(args.warmup)])
