@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # the env module loads torch; the runner and the agent protocol import this one for --help
+    from qrag_gym.embedding import TextEmbedder
     from qrag_gym.envs.retrieval import RetrievalEnv
 
 
@@ -101,6 +102,43 @@ class Document:
         view.flags.writeable = False
         return view
 
+    def distinct_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(first, owner)``: the chunk id of each distinct chunk (its first occurrence, in document order) and,
+        for every chunk id, the index into ``first`` of the chunk it repeats.
+
+        Long documents repeat chunks (a 10M-token BABILong document holds about 7 copies of each book
+        sentence), so an agent that encodes chunks with its own model needs to encode ``first`` only. Chunks
+        are the same where their corpus ids are (chunks drawn from a corpus), else where their texts are.
+        """
+        env = self._live()
+        episode = env.episode
+        if episode.chunk_ids is not None:
+            _, first, owner = np.unique(episode.chunk_ids, return_index=True, return_inverse=True)
+        else:
+            row_of: dict[str, int] = {}
+            owner = np.fromiter((row_of.setdefault(text, len(row_of)) for text in env.chunks), dtype=np.int64,
+                                count=len(env.chunks))
+            _, first = np.unique(owner, return_index=True)
+        order = np.argsort(first, kind="stable")  # distinct chunks in document order
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return first[order].astype(np.int64), rank[owner.reshape(-1)].astype(np.int64)
+
+    def features(self, embedder: TextEmbedder, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Vectors ``(len(ids), embedder.dim)`` of chunks ``ids`` under ``embedder``, an agent's own encoder
+        (:meth:`vectors` are the env's): gathered by corpus id from that encoder's feature table where the
+        chunks come from a corpus (each corpus text encoded once, kept on disk), else encoded from the texts."""
+        env = self._live()
+        episode = env.episode
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and not (0 <= ids.min() and ids.max() < env.num_chunks):
+            raise IndexError(f"chunk ids must be in [0, {env.num_chunks}), got {ids.min()}..{ids.max()}")
+        if episode.chunk_ids is not None:
+            from qrag_gym.features import corpus_features  # loads the encoder stack only for agents that ask
+
+            return corpus_features(episode.corpus, embedder).rows(episode.chunk_ids[ids])
+        return embedder.encode([env.chunks[i] for i in ids.tolist()])
+
     def score(self, query: np.ndarray) -> np.ndarray:
         """Score of every action for a query vector (``vectors() @ query``): ``-inf`` where masked, length
         ``max_chunks`` (:meth:`RetrievalEnv.score`)."""
@@ -110,7 +148,8 @@ class Document:
     def unwrapped(self) -> NoReturn:
         """Not available: raises, naming what to use instead (code written for the old ``(obs, info, env)`` API)."""
         raise AttributeError("agents get a read-only qrag_gym.document.Document, not the env (issue 15): read "
-                             "document.question, .texts, .text(id), .vectors(ids), .encode(text), .score(vector)")
+                             "document.question, .texts, .text(id), .vectors(ids), .encode(text), .score(vector), "
+                             ".distinct_chunks(), .features(embedder, ids)")
 
 
 __all__ = ["Document", "StaleDocumentError"]

@@ -11,12 +11,13 @@ from qrag_agents.qrag.agent import QRAGAgent
 from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, refine
 from qrag_agents.qrag.checkpoint import CheckpointError, load_model, save_model
 from qrag_agents.qrag.config import ConfigError, cpu_config
-from qrag_agents.qrag.inference import embed_document, step_q_values
+from qrag_agents.qrag.inference import embed_document, encode_document, step_q_values
 from qrag_agents.qrag.learner import Learner, summed_selected
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.pretrained import pretrained_folder
 from qrag_agents.qrag.rotary import relative_positions, relative_positions_batch
 from qrag_agents.qrag.train import make_train_envs, train
+from qrag_gym.document import Document
 from qrag_gym.embedding import shared_embedder
 from qrag_gym.envs.babilong import BabilongEnv
 from qrag_gym.evaluation import Cell, make_eval_env, run_cell, summarize
@@ -285,3 +286,30 @@ def test_training_on_a_stage_base_changes_only_the_stage(small_data_dir, tmp_pat
     for name, value in base.state_dict().items():
         assert torch.equal(trained.state_dict()[name], value), name
     assert any(float(p.detach().abs().max()) > 0 for p in trained.candidate_stage.out.parameters())
+
+
+@pytest.mark.parametrize("name", ["qa2", "qa3-stage"])
+def test_acting_by_chunk_id_scores_as_acting_from_the_texts(data_dir, name: str) -> None:
+    """The agent encodes a document by chunk id (features from the encoder's corpus tables, states summed from
+    rows by id: :func:`encode_document`); Q at every step is bit for bit the Q of the text path."""
+    network = load_model(pretrained_folder(name))
+    env = make_eval_env(name.split("-")[0], 1_000, "validation")
+    for seed in range(3):
+        _, info = env.reset(seed=seed)
+        document = Document(env.unwrapped)
+        encoded = encode_document(network, document)
+        assert torch.equal(encoded.chunks, embed_document(network, document.texts))
+        selected: list[int] = []
+        for _ in range(3):
+            state = encoded.state(network, selected)
+            with torch.no_grad():
+                from_texts = network.embed_states([document.question], [[document.text(i) for i in sorted(selected)]])
+            assert torch.equal(state, from_texts)
+            q = step_q_values(network, encoded.chunks, document.question, document.texts, selected, info["action_mask"],
+                              state=state)
+            assert torch.equal(q, step_q_values(network, encoded.chunks, document.question, document.texts, selected,
+                                                info["action_mask"]))
+            selected.append(int(q.argmax()))
+            _, _, terminated, truncated, info = env.step(selected[-1])
+            if terminated or truncated:
+                break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,42 @@ def test_document_is_not_the_env(make_env) -> None:
     with pytest.raises(AttributeError, match="document.question, .texts"):
         Document(env.unwrapped).unwrapped
     assert not hasattr(Document(env.unwrapped), "step")
+
+
+def _repeated(env, seed: int, ids: bool):
+    """The env's episode for ``seed`` with its chunks repeated as a long document repeats them (book sentences
+    in 7 copies at 10M tokens): chunks 0..m-1, then the first half again, then chunk 3 once more."""
+    env.reset(seed=seed)
+    episode = env.unwrapped.episode
+    order = np.concatenate([np.arange(len(episode.chunks)), np.arange(len(episode.chunks) // 2), [3]])
+    chunks = tuple(episode.chunks[i] for i in order)
+    changes = {"chunks": chunks, "chunk_ids": episode.chunk_ids[order] if ids else None,
+               "corpus": episode.corpus if ids else None}
+    return dataclasses.replace(episode, **changes)
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["corpus-ids", "texts"])
+def test_distinct_chunks_name_each_repeat_once_in_document_order(make_env, ids: bool) -> None:
+    env = make_env("qa1")
+    episode = _repeated(env, 4, ids)
+    env.reset(options={"episode": episode})
+    first, owner = Document(env.unwrapped).distinct_chunks()
+    texts = env.unwrapped.chunks
+    assert len(set(texts)) == len(first) < len(texts)  # a copy is the same chunk however it is named
+    assert [texts[i] for i in first[owner]] == list(texts)  # every chunk maps to a chunk with its text
+    assert list(first) == sorted(first) and first[0] == 0  # first occurrences, in document order
+    assert owner[-1] == 3 and owner[len(first)] == 0
+
+
+def test_features_are_the_encoders_own_vectors_by_id_or_by_text(make_env) -> None:
+    env = make_env("qa2")
+    env.reset(seed=1)
+    document, base = Document(env.unwrapped), env.unwrapped
+    ids = [7, 0, 7]
+    by_id = document.features(base.embedder, ids)  # from the corpus feature table
+    np.testing.assert_array_equal(by_id, base.embedder.encode([base.chunks[i] for i in ids]))
+    np.testing.assert_array_equal(by_id, base.chunk_vectors()[ids])
+    env.reset(options={"episode": _repeated(env, 1, ids=False)})  # no ids: encoded from the texts
+    np.testing.assert_array_equal(Document(env.unwrapped).features(base.embedder, ids), by_id)
+    with pytest.raises(IndexError, match=r"chunk ids must be in \[0, "):
+        Document(env.unwrapped).features(base.embedder, [0, env.unwrapped.num_chunks])

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from qrag_agents.qrag.checkpoint import load_model
-from qrag_agents.qrag.inference import embed_document, keep_until_threshold, shortlist_step, step_q_values, use_shortlist
+from qrag_agents.qrag.inference import encode_document, keep_until_threshold, shortlist_step, step_q_values, use_shortlist
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.pretrained import PRETRAINED_DIR, pretrained_folder
 from qrag_gym.data.niah import VARIANTS as NIAH_VARIANTS
@@ -97,7 +97,8 @@ class QRAGAgent:
 
     def reset(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> None:
         self.network = self._network_for(info["task"])
-        self._chunks = embed_document(self.network, document.texts)
+        self._document = encode_document(self.network, document)
+        self._chunks = self._document.chunks
         long_document = use_shortlist(self.shortlist, document.num_chunks)
         self._index = ChunkIndex(self._chunks.cpu().numpy()) if long_document else None
         self._max_q = []
@@ -105,12 +106,13 @@ class QRAGAgent:
     @torch.no_grad()
     def act(self, obs: dict[str, Any], info: dict[str, Any], document: Document) -> int:
         question, texts, selected = document.question, document.texts, list(info["selected_order"])
+        state = self._document.state(self.network, selected)  # by id (adapter build); None: from the texts
         if self._index is not None:
             found = shortlist_step(self.network, self._index, self._chunks, question, texts, selected,
-                                   info["action_mask"], self.shortlist)
+                                   info["action_mask"], self.shortlist, state=state)
             action, value = found.action, found.value
         else:
-            q = step_q_values(self.network, self._chunks, question, texts, selected, info["action_mask"])
+            q = step_q_values(self.network, self._chunks, question, texts, selected, info["action_mask"], state=state)
             action, value = int(q.argmax()), float(q[int(q.argmax())])
         self._max_q.append(value)
         return action

@@ -12,6 +12,8 @@ exactly (see :mod:`qrag_agents.qrag.shortlist`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -20,6 +22,7 @@ from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotate
 from qrag_agents.qrag.shortlist import ChunkIndex, ShortlistResult, certified_argmax, certified_top
+from qrag_gym.document import Document
 
 CHUNK_BATCH = 8192
 SHORTLIST_MIN_CHUNKS = 16_384
@@ -66,6 +69,53 @@ def embed_document(network: QNetwork, chunks: tuple[str, ...]) -> torch.Tensor:
     return vectors[torch.from_numpy(owner).to(network.device)]
 
 
+@dataclass
+class EncodedDocument:
+    """One episode's document as a network reads it, built once at reset and then read by chunk id.
+
+    ``chunks``: E_a of every chunk ``(m, d)``. Adapter build: also the question's frozen feature and the frozen
+    features of the distinct chunks with each chunk's row among them, so a state's E_s is summed from rows by
+    id (:meth:`state`) and no text is encoded or looked up during the episode. The full build's state encoder
+    reads the texts, so there :meth:`state` is None and the scorers embed the state from the texts.
+    """
+
+    chunks: torch.Tensor
+    question: torch.Tensor | None = None  # (1, d)
+    features: torch.Tensor | None = None  # (distinct chunks, d)
+    owner: torch.Tensor | None = None  # (m,) row of each chunk in ``features``
+
+    def state(self, network: QNetwork, selected: list[int]) -> torch.Tensor | None:
+        """E_s ``(1, d)`` of "question + ``selected``" (adapter build): the same sum, in document order, that
+        :meth:`QNetwork.embed_states` forms from the texts' features, so the same vector."""
+        if self.features is None:
+            return None
+        ordered = torch.tensor(sorted(selected), dtype=torch.int64, device=self.chunks.device)
+        picked = self.features[self.owner[ordered]]
+        summed = torch.zeros_like(self.question).index_add(0, torch.zeros_like(ordered), picked)
+        count = torch.tensor([[len(selected) / network.config.max_steps]], device=self.chunks.device)
+        return network.adapt_states(self.question, summed, count)
+
+
+@torch.no_grad()
+def encode_document(network: QNetwork, document: Document) -> EncodedDocument:
+    """:class:`EncodedDocument` of the current episode: each distinct chunk (:meth:`Document.distinct_chunks`)
+    is encoded once, in batches, and spread to its copies. Adapter build: the frozen features come by corpus
+    id from the network's encoder's feature tables (:meth:`Document.features`); full build: from the texts."""
+    first, owner_np = document.distinct_chunks()
+    owner = torch.from_numpy(owner_np).to(network.device)
+    distinct = torch.empty((len(first), network.dim), dtype=torch.float32, device=network.device)
+    if network.embedder is None:
+        for start in range(0, len(first), CHUNK_BATCH):
+            texts = [document.text(int(i)) for i in first[start : start + CHUNK_BATCH]]
+            distinct[start : start + CHUNK_BATCH] = network.embed_chunks(texts)
+        return EncodedDocument(distinct[owner])
+    features = torch.from_numpy(document.features(network.embedder, first)).to(network.device)
+    for start in range(0, len(first), CHUNK_BATCH):
+        distinct[start : start + CHUNK_BATCH] = network.adapt_chunks(features[start : start + CHUNK_BATCH])
+    question = network.chunk_features([document.question])
+    return EncodedDocument(distinct[owner], question, features, owner)
+
+
 def _positions(network: QNetwork, num_chunks: int, selected: list[int]) -> torch.Tensor | None:
     config: QRAGConfig = network.config
     if config.positions != "relative":
@@ -84,11 +134,13 @@ def selected_context(network: QNetwork, chunk_embeddings: torch.Tensor, selected
 
 @torch.no_grad()
 def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: str, chunks: tuple[str, ...],
-                  selected: list[int], action_mask) -> torch.Tensor:
+                  selected: list[int], action_mask, state: torch.Tensor | None = None) -> torch.Tensor:
     """Q of every chunk in the current state (``-inf`` where masked): one state forward, one re-rotation
     of every chunk, done ``CHUNK_BATCH`` rows at a time so the rotation's temporaries stay small. A model
-    with a candidate stage then corrects its top candidates (:func:`refine`, as in training)."""
-    state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
+    with a candidate stage then corrects its top candidates (:func:`refine`, as in training). ``state``: E_s
+    ``(1, d)`` when the caller has it by id (:meth:`EncodedDocument.state`); else it is embedded from the texts."""
+    if state is None:
+        state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
     rho = _positions(network, len(chunks), selected)
     halves = torch.empty((len(chunks), 2), dtype=torch.float32, device=network.device)
     for start in range(0, len(chunks), CHUNK_BATCH):
@@ -128,16 +180,20 @@ def rotation_bounds(state: np.ndarray, frequencies: np.ndarray, half_widths: np.
 
 @torch.no_grad()
 def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch.Tensor, question: str,
-                   chunks: tuple[str, ...], selected: list[int], action_mask, k: int) -> ShortlistResult:
+                   chunks: tuple[str, ...], selected: list[int], action_mask, k: int,
+                   state: torch.Tensor | None = None) -> ShortlistResult:
     """The same argmax and max-Q as :func:`step_q_values`, from a faiss shortlist of ``k`` per position bucket.
 
     Faithful Q-RAG: the certified argmax of the base Q. With a candidate stage: the certified top
     ``candidate_count + 1`` by base Q; the first ``candidate_count`` are the stage's candidates (as in
     :func:`refine`) and get its correction, and the next one stands for every other chunk, which keeps its
     base Q, so the result is the full scan's argmax of the final Q. (Chunks of exactly equal base Q at the
-    edge of the candidate set are taken lowest id first, which a full scan's ``topk`` need not do.)
+    edge of the candidate set are taken lowest id first, which a full scan's ``topk`` need not do.) ``state`` as
+    in :func:`step_q_values`.
     """
-    state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])[0]
+    if state is None:
+        state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
+    state = state[0]
     rho = _positions(network, len(chunks), selected)
     state_np = state.cpu().numpy()
     if rho is None:

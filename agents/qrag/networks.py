@@ -67,6 +67,11 @@ class QNetwork(nn.Module):
     def device(self) -> torch.device:
         return self.frequencies.device
 
+    @property
+    def embedder(self) -> TextEmbedder | None:
+        """The frozen encoder whose features the adapters read (adapter build); None in the full build."""
+        return None if self.config.finetune_encoder else self._embedder
+
     # ----- features ------------------------------------------------------------------------------
     def _features(self, texts: list[str]) -> torch.Tensor:
         return torch.from_numpy(self._embedder.encode(texts)).to(self.device)
