@@ -28,19 +28,26 @@ def fingerprint_texts(texts: Sequence[str]) -> str:
 
 @dataclass(frozen=True, eq=False)
 class TextTable:
-    """Texts whose index is their id, with their token counts and a fingerprint of the texts."""
+    """Texts whose index is their id, with their token counts and a fingerprint of the texts.
+
+    ``episode_local`` tables hold the texts one episode makes (NIAH's generated needles and haystacks): their
+    features live in ``feature_cache`` and go with the table when the episode ends, instead of in a table file
+    on disk and a process-wide registry that would grow with every episode (:mod:`qrag_gym.features`).
+    """
 
     texts: tuple[str, ...]
     tokens: np.ndarray
     fingerprint: str
+    episode_local: bool = False
+    feature_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, texts: Sequence[str], tokens: np.ndarray) -> TextTable:
+    def of(cls, texts: Sequence[str], tokens: np.ndarray, episode_local: bool = False) -> TextTable:
         texts = tuple(texts)
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.shape != (len(texts),):
             raise ValueError(f"need one token count per text: {len(texts)} texts, token counts of shape {tokens.shape}")
-        return cls(texts, tokens, fingerprint_texts(texts))
+        return cls(texts, tokens, fingerprint_texts(texts), episode_local)
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -20,10 +20,11 @@ class Episode:
     ``"babi-real+gutenberg"`` or ``"babi-generated+synthetic-noise"``) so that results made from
     synthetic data can never pass for benchmark figures.
 
-    ``chunk_ids`` (with the ``corpus`` they index) name each chunk by id where the env draws chunks from
-    a fixed corpus (BABILong's books and story facts): features and token counts are then gathered by
-    id (:mod:`qrag_gym.features`). They are None where chunks are made per episode (generated needles,
-    HotpotQA paragraphs, the BABILong release's haystacks). Equality compares the texts, not the ids.
+    ``chunk_ids`` (with the ``corpus`` they index) name each chunk by id: features and token counts are
+    then gathered by id (:mod:`qrag_gym.features`). BABILong's books and story facts and HotpotQA's paragraphs
+    are fixed tables; NIAH's essay haystack keeps the books' ids and the texts an episode makes (needles,
+    generated haystacks) get ids in an episode-local table. They are None only for the BABILong release's
+    haystacks (and episodes built by hand without them). Equality compares the texts, not the ids.
     """
 
     chunks: tuple[str, ...]

@@ -197,6 +197,10 @@ twice (the books of qa1 and of qa2) share one table."""
 
 
 def _table_for(table: TextTable, embedder: TextEmbedder) -> FeatureTable:
+    if table.episode_local:  # in memory, kept by the table itself: gone with its episode
+        if embedder.fingerprint not in table.feature_cache:
+            table.feature_cache[embedder.fingerprint] = FeatureTable(table, embedder, None)
+        return table.feature_cache[embedder.fingerprint]
     folder = embedder.disk.folder if embedder.disk is not None else None
     key = (table.fingerprint, embedder.fingerprint, str(folder))
     if key not in _OPEN_TABLES:

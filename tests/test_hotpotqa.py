@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
@@ -15,6 +16,7 @@ import qrag_gym
 from qrag_gym.data.hotpotqa import HotpotQAFormatError, load_hotpotqa, split_questions
 from qrag_gym.data.paths import DataNotFoundError
 from qrag_gym.metrics import answer_exact_match, answer_f1, normalize_answer, retrieval_metrics
+from qrag_gym.models import count_tokens, length_tokenizer
 
 torch.set_num_threads(1)
 
@@ -154,3 +156,18 @@ def test_fact_metrics_reuse_retrieval_metrics():
     scores = retrieval_metrics([2, 5], [2, 6])
     assert scores["f1"] == 0.5 and scores["success_at_t"] == 0.0
     assert retrieval_metrics([6, 2], [2, 6])["success_at_t"] == 1.0
+
+
+def test_paragraphs_are_ids_into_one_table_per_file(tmp_path):
+    """BEIR's shape: a paragraph shown with several questions has one id in the file's table, and an episode is
+    the ids of its paragraphs (features and token counts gathered by id)."""
+    again = {**PROCESSED, "question_id": "again"}
+    path = write_jsonl(tmp_path / "mini.jsonl", json.dumps(PROCESSED), json.dumps(again), json.dumps(OFFICIAL))
+    env = gym.make("QRAG-HotpotQA-v0", split="all", path=str(path)).unwrapped
+    episodes = [env.episode_at(index) for index in range(3)]
+    assert episodes[0].corpus is episodes[2].corpus
+    np.testing.assert_array_equal(episodes[0].chunk_ids, episodes[1].chunk_ids)
+    assert len(episodes[0].corpus) == len({chunk for episode in episodes for chunk in episode.chunks})
+    for episode in episodes:
+        assert episode.corpus.texts(episode.chunk_ids) == episode.chunks
+        assert episode.num_tokens == int(count_tokens(length_tokenizer(), list(episode.chunks)).sum())

@@ -168,3 +168,31 @@ def test_ruler_string_match():
     assert ruler_string_match("nothing here", ["1234567"]) == 0.0
     with pytest.raises(ValueError):
         ruler_string_match("x", [])
+
+
+@needs_books
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_chunks_are_ids_books_shared_and_made_texts_episode_local(variant):
+    """Every chunk has an id: essay haystacks keep the books table's ids (the same table, by fingerprint, as
+    BABILong's books of that split, so their features are shared), the texts an episode makes (needles, generated
+    haystacks) are in an episode-local table that never joins the process-wide registry of feature tables; the
+    features by id are the embedder's own vectors of the texts."""
+    from qrag_gym.envs.babilong import BabilongEnv
+    from qrag_gym.features import _OPEN_TABLES
+
+    env = make(variant, split="validation").unwrapped
+    for seed in range(2):
+        env.reset(seed=seed)
+        episode = env.episode
+        assert episode.corpus.texts(episode.chunk_ids) == episode.chunks
+        assert int(episode.corpus.tokens(episode.chunk_ids).sum()) == episode.num_tokens
+        local = episode.corpus.tables[-1]
+        needles = {episode.chunks[i] for i in episode.meta["needle_ids"]}
+        assert local.episode_local and needles <= set(local.texts) and len(set(local.texts)) == len(local.texts)
+        if VARIANTS[variant].haystack == "essay":
+            books = episode.corpus.tables[0]
+            babilong = BabilongEnv(task="qa1", split="validation", data_dir=str(DATA), source="real")
+            assert not books.episode_local and books.fingerprint == babilong.corpus.tables[0].fingerprint
+            assert set(local.texts) == needles
+        np.testing.assert_array_equal(env.chunk_vectors(), env.embedder.encode(list(episode.chunks)))
+        assert all(key[0] != local.fingerprint for key in _OPEN_TABLES)

@@ -107,8 +107,8 @@ class QNetwork(nn.Module):
 
     def episode_features(self, episodes: list[Episode]) -> torch.Tensor:
         """The frozen features of every chunk of ``episodes``, concatenated ``(sum of sizes, d)`` (adapter
-        build): gathered by chunk id from each corpus's feature tables (BABILong), encoded from the texts for
-        episodes without ids (generated needles, HotpotQA paragraphs)."""
+        build): gathered by chunk id from each corpus's feature tables, encoded from the texts for episodes
+        without ids (the BABILong release's haystacks)."""
         sizes = [len(episode.chunks) for episode in episodes]
         starts = np.concatenate([[0], np.cumsum(sizes)])
         out = np.empty((int(starts[-1]), self.dim), dtype=np.float32)

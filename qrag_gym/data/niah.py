@@ -25,6 +25,7 @@ import numpy as np
 
 from qrag_gym.data.noise import NoiseCorpus
 from qrag_gym.cache import register_one_off_texts
+from qrag_gym.corpus import Corpus, TextTable
 from qrag_gym.episode import Episode
 from qrag_gym.validation import positive_int
 
@@ -177,10 +178,12 @@ TokenCounter = Callable[[list[str]], np.ndarray]
 
 @dataclass(frozen=True)
 class Haystack:
-    """Sentences to hide needles in, with the token count of each."""
+    """Sentences to hide needles in, with the token count of each and, for book sentences, their ids in the
+    books table (None for generated haystacks)."""
 
     sentences: list[str]
     tokens: np.ndarray
+    ids: np.ndarray | None = None
 
 
 def _cut(tokens: np.ndarray, need: int) -> int:
@@ -203,7 +206,7 @@ def essay_haystack(need: int, corpus: NoiseCorpus, corpus_tokens: np.ndarray,
     """Book sentences in contiguous runs from random books and offsets, until ``need`` tokens."""
     index = corpus.sample_tokens(rng, need, corpus_tokens, limit)
     sentences = corpus.sentences
-    return Haystack([sentences[i] for i in index.tolist()], corpus_tokens[index])
+    return Haystack([sentences[i] for i in index.tolist()], corpus_tokens[index], index)
 
 
 def needle_haystack(need: int, config: NiahConfig, count_tokens: TokenCounter, rng: np.random.Generator,
@@ -268,6 +271,31 @@ def insert_needles(haystack: Haystack, needle_sentences: list[str], needle_token
     return chunks, slots, int(haystack.tokens.sum() + needle_tokens.sum())
 
 
+def chunk_ids(chunks: list[str], slots: np.ndarray, haystack: Haystack, needle_tokens: np.ndarray,
+              books: TextTable | None) -> tuple[np.ndarray, Corpus]:
+    """Every chunk of an episode as an id (issue 15: features and token counts are then gathered by id).
+
+    Book sentences keep their ids in the ``books`` table, shared with every env over the same books; the texts
+    this episode made (its needles, a generated haystack) get ids in an episode-local table (distinct texts
+    once), whose features go with the episode.
+    """
+    tokens = np.empty(len(chunks), dtype=np.int64)
+    is_needle = np.zeros(len(chunks), dtype=bool)
+    is_needle[slots] = True
+    tokens[slots], tokens[~is_needle] = needle_tokens, haystack.tokens
+    made = is_needle if haystack.ids is not None and books is not None else np.ones(len(chunks), dtype=bool)
+    row_of: dict[str, int] = {}
+    local = np.fromiter((row_of.setdefault(chunks[i], len(row_of)) for i in np.flatnonzero(made).tolist()),
+                        dtype=np.int64, count=int(made.sum()))
+    first = np.flatnonzero(made)[np.unique(local, return_index=True)[1]]
+    table = TextTable.of(list(row_of), tokens[first], episode_local=True)
+    if made.all():
+        return local, Corpus((table,))
+    ids = np.empty(len(chunks), dtype=np.int64)
+    ids[~made], ids[made] = haystack.ids, len(books) + local
+    return ids, Corpus((books, table))
+
+
 def build_episode(
     config: NiahConfig,
     variant: str,
@@ -277,14 +305,15 @@ def build_episode(
     count_tokens: TokenCounter,
     source: str,
     corpus: NoiseCorpus | None = None,
-    corpus_tokens: np.ndarray | None = None,
+    books: TextTable | None = None,
     repeat_tokens: np.ndarray | None = None,
 ) -> Episode:
     """Draw one NIAH episode of about ``context_tokens`` tokens (needles included).
 
-    ``corpus``/``corpus_tokens`` are needed for the essay haystack, ``repeat_tokens`` (the token count
-    of each :data:`REPEAT_SENTENCES`) for the repeat one. Supporting ids are the chunks of every needle
-    of the asked keys; the answer lists their values, in asked-key order.
+    ``corpus`` and ``books`` (its sentences as a table, with their token counts) are needed for the essay
+    haystack, ``repeat_tokens`` (the token count of each :data:`REPEAT_SENTENCES`) for the repeat one.
+    Supporting ids are the chunks of every needle of the asked keys; the answer lists their values, in
+    asked-key order. Chunks carry ids (:func:`chunk_ids`).
     """
     needles = draw_needles(config, rng)
     needle_sentences = [needle_text(config, key, value) for key, value in needles.order]
@@ -294,10 +323,11 @@ def build_episode(
     if config.haystack == "repeat":
         haystack = repeat_haystack(need, repeat_tokens, limit)
     elif config.haystack == "essay":
-        haystack = essay_haystack(need, corpus, corpus_tokens, rng, limit)
+        haystack = essay_haystack(need, corpus, books.tokens, rng, limit)
     else:
         haystack = needle_haystack(need, config, count_tokens, rng, limit, set(needles.keys), set(needles.answers))
     chunks, slots, tokens = insert_needles(haystack, needle_sentences, needle_tokens, rng)
+    ids, episode_corpus = chunk_ids(chunks, slots, haystack, needle_tokens, books)
     asked = set(needles.asked)
     supporting = tuple(sorted(int(s) for s, (key, _) in zip(slots, needles.order) if key in asked))
     answers = needles.answers
@@ -312,4 +342,6 @@ def build_episode(
         meta={"answers": answers, "keys": needles.keys, "asked_keys": needles.asked,
               "needle_ids": [int(s) for s in slots],
               "depths": [round(float(s) / max(len(chunks) - 1, 1), 4) for s in slots]},
+        chunk_ids=ids,
+        corpus=episode_corpus,
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from qrag_gym.corpus import Corpus, TextTable
 from qrag_gym.data.hotpotqa import DEFAULT_FILE, DEFAULT_FILES, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.models import count_tokens, length_tokenizer
@@ -35,14 +36,17 @@ def _cached_questions(path: str) -> tuple[HotpotQuestion, ...]:
 
 
 @lru_cache(maxsize=8)
-def _cached_token_counts(path: str) -> dict[str, int]:
-    """Tokens of each question's paragraphs, counted in one batched pass per file
-    (counting them at every reset cost more than the rest of a training step)."""
-    questions = _cached_questions(path)
-    paragraphs = [chunk for question in questions for chunk in question.chunks]
-    counts = count_tokens(length_tokenizer(), paragraphs)
-    ends = np.cumsum([len(question.chunks) for question in questions])
-    return {q.qid: int(counts[end - len(q.chunks):end].sum()) for q, end in zip(questions, ends)}
+def _cached_paragraphs(path: str) -> tuple[Corpus, dict[str, np.ndarray]]:
+    """The file's distinct paragraphs as one table (a paragraph shown with several questions has one id), and
+    each question's paragraphs as ids into it: an episode's features and token counts are gathered by id.
+    Tokens are counted in one batched pass per file (counting them at every reset cost more than the rest of
+    a training step)."""
+    row_of: dict[str, int] = {}
+    ids = {question.qid: np.fromiter((row_of.setdefault(chunk, len(row_of)) for chunk in question.chunks),
+                                     dtype=np.int64, count=len(question.chunks))
+           for question in _cached_questions(path)}
+    texts = list(row_of)
+    return Corpus((TextTable.of(texts, count_tokens(length_tokenizer(), texts)),)), ids
 
 
 class HotpotQAEnv(QuestionSetEnv):
@@ -98,7 +102,7 @@ class HotpotQAEnv(QuestionSetEnv):
         self.questions = split_questions(list(every), split)
         if not self.questions:
             raise ValueError(f"{self.path} has no {split} questions ({SPLIT_RULE})")
-        self._token_counts = _cached_token_counts(str(self.path.resolve()))
+        self._corpus, self._paragraph_ids = _cached_paragraphs(str(self.path.resolve()))
         if max_chunks is None:
             max_chunks = max(len(q.paragraphs) for q in every)
         super().__init__(max_chunks, max_steps, **kwargs)
@@ -106,16 +110,18 @@ class HotpotQAEnv(QuestionSetEnv):
     def episode_at(self, index: int) -> Episode:
         """The episode of the split's ``index``-th question (file order)."""
         question = self.questions[index]
-        chunks = question.chunks
+        ids = self._paragraph_ids[question.qid]
         return Episode(
-            chunks=chunks,
+            chunks=question.chunks,
             question=question.question,
             answer=question.answers[0],
             supporting_ids=question.supporting,
             source="hotpotqa",
             task="hotpotqa",
-            num_tokens=self._token_counts[question.qid],
+            num_tokens=int(self._corpus.tokens(ids).sum()),
             meta={"answers": list(question.answers), "qid": question.qid, "index": index},
+            chunk_ids=ids,
+            corpus=self._corpus,
         )
 
     @property

@@ -18,6 +18,7 @@ from qrag_gym.data.niah import (REPEAT_SENTENCES, VARIANTS, NiahConfig, build_ep
 from qrag_gym.data.noise import BOOK_SPLIT_RULE, NoiseCorpus, load_book_corpus, synthetic_corpus
 from qrag_gym.data.paths import find_data_subdir, require_data_subdir
 from qrag_gym.cache import cached_token_counts
+from qrag_gym.corpus import TextTable
 from qrag_gym.models import count_tokens, length_tokenizer
 from qrag_gym.envs.retrieval import RetrievalEnv
 from qrag_gym.episode import Episode
@@ -33,10 +34,11 @@ _SOURCE_LABELS = {"repeat": "niah-repeat", "needle": "niah-needles"}
 
 @dataclass(frozen=True)
 class EssaySource:
-    """The book sentences of one split with the token count of each."""
+    """The book sentences of one split, as a table with the token count of each (the same table, by
+    fingerprint, as BABILong's books of that split: their features are shared)."""
 
     corpus: NoiseCorpus
-    tokens: np.ndarray
+    books: TextTable
     label: str
 
 
@@ -62,7 +64,7 @@ def essay_source(split: str, source: str, data_dir: str | Path | None) -> EssayS
             corpus, label = synthetic_corpus(), "niah-synthetic-noise"
         tokenizer = length_tokenizer()
         counts = cached_token_counts(corpus.sentences, tokenizer.name_or_path, lambda texts: count_tokens(tokenizer, texts))
-        _ESSAY_CACHE[key] = EssaySource(corpus, counts, label)
+        _ESSAY_CACHE[key] = EssaySource(corpus, TextTable.of(corpus.sentences, counts), label)
     return _ESSAY_CACHE[key]
 
 
@@ -146,7 +148,7 @@ class NiahEnv(RetrievalEnv):
     def _mean_sentence_tokens(self) -> float:
         """Mean tokens per haystack sentence, to size the action space before any episode exists."""
         if self._essay is not None:  # the median: one huge book "sentence" must not shrink the action space
-            return max(float(np.median(self._essay.tokens)), 1.0)
+            return max(float(np.median(self._essay.books.tokens)), 1.0)
         if self.config.haystack == "repeat":
             return float(self._repeat_tokens.mean())
         probe = np.random.default_rng(0)  # a fixed probe: sizing must not consume self.np_random
@@ -159,7 +161,7 @@ class NiahEnv(RetrievalEnv):
         source = essay.label if essay is not None else _SOURCE_LABELS[self.config.haystack]
         return build_episode(
             self.config, self.variant, self.np_random, self.context_tokens, self.max_chunks, self._count, source,
-            corpus=essay.corpus if essay else None, corpus_tokens=essay.tokens if essay else None,
+            corpus=essay.corpus if essay else None, books=essay.books if essay else None,
             repeat_tokens=self._repeat_tokens,
         )
 
