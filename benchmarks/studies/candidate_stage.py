@@ -11,12 +11,16 @@
     # -b01 adds candidate_bound=0.01, -c16 candidate_count=16, -ctx candidate_context=true:
     qrag-train --task qa2 --out runs/ablation/qa2-stagebase --updates 2000 --threads 1 \\
         --set candidate_stage=true stage_base=runs/qa2/best
+    # qa3-gen2-stagectx: the -ctx stage on the faithful model trained on real + generated stories (qa3-gen2 of
+    # generated_stories.md), itself trained on both:
+    qrag-train --task qa3 --out runs/ablation/qa3-gen2-stagectx --updates 2000 --threads 1 --set candidate_stage=true \\
+        candidate_context=true stage_base=runs/ablation/qa3-gen2/best train_source=real+generated
     qrag-evaluate --model runs/qa4/best --split validation --lengths 1K 4K --episodes 1000 --threads 1 \\
         --json runs/ablation/qa4-faithful.json                          # the shipped faithful models: qa1, qa4, qa5
     python -m qrag_benchmarks.studies.candidate_stage table runs/ablation --runs qa2-floatpos qa2-floatpos-latest \\
         qa2-cand qa2-stagebase qa2-stagebase-b01 qa3-floatpos qa3-floatpos-latest qa3-cand qa3-stagebase \\
-        qa3-stagebase-c16 qa3-stagebase-ctx qa3-stagebase-ctx16 qa1-floatpos-800 qa1-cand-800 qa1-faithful \\
-        qa1-stagebase@qa1-faithful qa4-faithful qa4-stagebase qa4-stagebase-500 qa5-faithful qa5-stagebase
+        qa3-stagebase-c16 qa3-stagebase-ctx qa3-stagebase-ctx16 qa3-gen2 qa3-gen2-stagectx qa1-floatpos-800 \\
+        qa1-cand-800 qa1-faithful qa1-stagebase@qa1-faithful qa4-faithful qa4-stagebase qa4-stagebase-500 qa5-faithful qa5-stagebase
 
 The baselines (``*-floatpos``) are the faithful runs of ``positions_ablation.md`` (same preset, seed and
 2,000 updates). The fixed rule is the issue's probe: at each of the task's first k steps (k = its number

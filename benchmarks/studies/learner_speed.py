@@ -88,7 +88,7 @@ def measure(task: str, rounds: int, updates: int, warmup: int, data_dir: str | N
     config = learners[IDS].config
     per_update = config.num_envs * config.rollout_steps
     entry: dict[str, Any] = {"num_envs": config.num_envs, "rollout_steps": config.rollout_steps,
-                             "train_num_sentences": config.train_num_sentences,
+                             "train_num_sentences": config.train_num_sentences, "seed": config.seed,
                              "same_td_loss_every_update": losses[BASELINE] == losses[IDS],
                              "updates_each": len(losses[IDS]), "learners": {}}
     for name in learners:
@@ -138,7 +138,7 @@ def main() -> None:
     text = (
         "# Q-RAG learner speed: ids + preallocated tensors vs the per-episode learner (issue 15, item 4)\n\n"
         f"One process, one torch thread, `cpu/<task>` presets with random_transitions=0 ({first['num_envs']} episodes x "
-        f"{first['rollout_steps']} steps per update, {first['train_num_sentences']} sentences per episode), seed 0. "
+        f"{first['rollout_steps']} steps per update, {first['train_num_sentences']} sentences per episode), seed {first['seed']}. "
         f"Medians over {args.rounds} interleaved rounds of {args.updates} updates each, after {args.warmup} untimed "
         "updates. CPU = `time.process_time` of the process (other jobs share this machine's 2 cores: load average "
         f"{results['load_average_at_start'][0]:.1f} at the start, {results['load_average_at_end'][0]:.1f} at the end), "

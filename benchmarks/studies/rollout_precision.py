@@ -27,10 +27,15 @@ from qrag_benchmarks.results_io import STUDY_RESULTS, add_out_argument, claim_ou
 from qrag_benchmarks.studies.candidate_stage import paired_difference
 
 CURVE_TAG = "eval/success_at_k"
+NOTES = """
+The paired intervals cover episode noise only, not the spread between two training runs: the two rollouts draw
+different actions from the first update on, so the runs differ the way two seeds do.
+"""
 
 
 def validation_curve(run: Path) -> dict[int, float]:
-    """``update -> validation success@k`` logged by the trainer (TensorBoard ``eval/success_at_k``)."""
+    """``transitions -> validation success@k`` logged by the trainer (TensorBoard ``eval/success_at_k``, whose
+    step is the number of transitions so far: ``num_envs x rollout_steps`` per update)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
@@ -72,16 +77,17 @@ def main(argv: list[str] | None = None) -> None:
         table.append([task, "float32", *summary_cells(exact), "–"])
         table.append([task, "bfloat16", *summary_cells(fast), paired])
         float_curve, bf16_curve = validation_curve(float_run), validation_curve(args.folder / bf16_run)
-        for update in sorted(set(float_curve) & set(bf16_curve)):
-            curves.append([task, str(update), f"{float_curve[update]:.3f}", f"{bf16_curve[update]:.3f}",
-                           f"{bf16_curve[update] - float_curve[update]:+.3f}"])
+        for step in sorted(set(float_curve) & set(bf16_curve)):
+            curves.append([task, f"{step:,}", f"{float_curve[step]:.3f}", f"{bf16_curve[step]:.3f}",
+                           f"{bf16_curve[step] - float_curve[step]:+.3f}"])
     header = ["task", "rollout", *(f"{length}: success@k [95%] / F1" for length in lengths),
               "paired Δ success@k, bfloat16 - float32"]
     text = ("# bfloat16 rollouts against float32: the same learning? (issue 15)\n\n"
             + __doc__.split("\n\n", 1)[1] + "\n## Best checkpoints, 1,000 validation episodes a length\n\n"
             + markdown_table(header, table)
             + "\n## Validation curves (200 episodes each check, logged while training)\n\n"
-            + markdown_table(["task", "update", "float32", "bfloat16", "difference"], curves))
+            + markdown_table(["task", "transitions", "float32", "bfloat16", "difference"], curves)
+            + NOTES)
     write_atomic(args.out / "rollout_precision.md", text.encode())
     print(text)
 
