@@ -8,7 +8,7 @@ falls back to the ``niah`` model (``qrag-train --task niah:all`` trains on all e
 (same actions as the full scan, far cheaper steps at 1M-10M tokens; see :mod:`qrag_agents.qrag.inference`).
 ``QRAGAgent(network=...)`` wraps a network in memory (validation during training).
 :class:`StagedQRAGAgent` (``qrag-stage`` in ``qrag-bench``) reads the ``<task>-stage`` models instead: the
-candidate stage (beyond the paper, :mod:`qrag_agents.qrag.candidates`) trained on the faithful ``<task>`` model.
+candidate stage (beyond the paper, :mod:`qrag_agents.qrag.candidates`) trained on a frozen faithful model.
 
 What it keeps: the picks before the first step whose max-Q fell to the threshold (the paper's Q-value
 chunk filter; 0.5 by default, the model's ``q_threshold``). Evaluation episodes still run all T steps; the
@@ -125,6 +125,7 @@ class QRAGAgent:
 
 class StagedQRAGAgent(QRAGAgent):
     """Q-RAG with the candidate stage (beyond the paper): the ``<task>-stage`` models, shipped or in
-    ``models_dir`` (``runs/qa2-stage/best``), each a stage trained on the faithful ``<task>`` model, frozen."""
+    ``models_dir`` (``runs/qa2-stage/best``), each a stage trained on a frozen faithful model of its task (the shipped
+    ``<task>`` model; for qa3 one trained on generated stories as well)."""
 
     suffix = "-stage"
