@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qrag_gym.document import Document, StaleDocumentError
 from qrag_gym.wrappers import state_text
@@ -111,3 +113,21 @@ def test_features_are_the_encoders_own_vectors_by_id_or_by_text(make_env) -> Non
     np.testing.assert_array_equal(Document(env.unwrapped).features(base.embedder, ids), by_id)
     with pytest.raises(IndexError, match=r"chunk ids must be in \[0, "):
         Document(env.unwrapped).features(base.embedder, [0, env.unwrapped.num_chunks])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.lists(st.integers(0, 9), min_size=1, max_size=60), ids=st.booleans())
+def test_distinct_chunks_hold_for_any_repeats(make_env, order: list[int], ids: bool) -> None:
+    """Any document made of repeats of ten chunks, named by corpus id or by text: ``first`` lists each distinct
+    chunk once, at its first occurrence, and ``owner`` maps every chunk id to the one with its text."""
+    env = make_env("qa1")
+    env.reset(seed=0)
+    base = env.unwrapped.episode
+    picks = np.asarray(order)
+    episode = dataclasses.replace(base, chunks=tuple(base.chunks[i] for i in picks), supporting_ids=(0,),
+                                  chunk_ids=base.chunk_ids[picks] if ids else None, corpus=base.corpus if ids else None)
+    env.reset(options={"episode": episode})
+    first, owner = Document(env.unwrapped).distinct_chunks()
+    texts = episode.chunks
+    assert [texts[i] for i in first[owner]] == list(texts)
+    assert first.tolist() == sorted({texts.index(text) for text in texts})
