@@ -65,6 +65,12 @@ FROZEN_BASE_NOTES = """Reading:
   story facts from look-alike book sentences: in 7 of the joint qa2 model's 13 misses at 1M tokens its own base
   Q ranked a book sentence first ("Apple-trees are there." for a question about the apple).
 """
+T2_NOTE = ("- ``t2``: the whole pipeline on the 2 cores (``--threads 2`` for the faithful run and for the stage), so both fit\n"
+           "  the one-fact tasks' 10 minutes (idle: qa1 250 s + 334 s, qa4 231 s + 328 s, qa5 261 s + 341 s = 602 s). The\n"
+           "  base is that run's own faithful model, not the shipped one (two threads sum in another order, so the runs\n"
+           "  part ways from the first updates); the faithful column is the shipped faithful model, as in the other files.\n"
+           "  Chosen on the validation stories (success@k at least the one-thread stage's) and shipped as ``<task>-stage``.\n")
+
 TASK_NOTES = {
     "qa2": "- qa2: better at every length from 1K to 10M; fact F1 and answer accuracy 0.99-1.00 everywhere.\n",
     "qa3": ("- qa3: no real gain: success@k +0.00 to +0.05 up to 128K (intervals include 0), fact F1 level, answer\n"
@@ -74,7 +80,7 @@ TASK_NOTES = {
             "  unchanged (1.00); the 10M row is the shipped float16 model as ``qrag-stage``, 30 episodes.\n"),
     "qa4_500": ("- qa4 with a 500-update stage (half the 1,000, so that faithful run plus stage fit the 10-minute budget:\n"
                 "  365 s + about 240 s, half the 477 s measured idle for 1,000): fact F1 0.94-0.95, answer accuracy 0.97-0.98, just short of\n"
-                "  the 0.95 target; the shipped ``qa4-stage`` is the 1,000-update run.\n"),
+                "  the 0.95 target; ``qa4-stage`` shipped the 1,000-update run until the two-thread ``t2`` run.\n"),
     "qa5": "- qa5: success@k +0.03 to +0.05 (0.99-1.00), fact F1 0.99-1.00, answer accuracy level (0.99).\n",
     "qa3_c16": ("- qa3 with 16 candidates (``candidate_count=16``): small gains at every length, success@k +0.03 to\n"
                 "  +0.05, fact F1 +0.03 to +0.05, answer accuracy +0.04 to +0.06; far below the 0.95 target.\n"),
@@ -93,6 +99,9 @@ TASK_NOTES = {
                      "  and 0.89 for ``qa3_ctx``) and shipped as ``qa3-stage``. On these test stories success@k +0.11 to +0.16\n"
                      "  and fact F1 +0.07 to +0.11 at 1K-1M, answer accuracy level; still short of the 0.95 target (F1\n"
                      "  0.91-0.92, answer 0.82-0.85). At 10M tokens (30 episodes, the shipped float16 model) no gain.\n"),
+    "qa1_t2": T2_NOTE,
+    "qa4_t2": T2_NOTE,
+    "qa5_t2": T2_NOTE,
     "qa4": ("- qa4: the faithful model kept both of a story's two facts in most episodes (fact F1 0.78); with the\n"
             "  stage the first pick is right more often and Q falls after it, so F1 is 0.96-0.98 at every length.\n"
             "  Answer accuracy goes 1.00 -> 0.97-0.99: the exact reader, given only the kept fact, fails when that\n"
