@@ -26,6 +26,21 @@ def fingerprint_texts(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def first_occurrences(keys: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, owner)`` of a sequence with repeats (texts, or an int array of corpus ids): the position of each
+    distinct key's first occurrence, in order, and for every position the index into ``first`` of its key, so
+    ``keys[first[owner[i]]] == keys[i]``. Long documents repeat chunks; their distinct ones are encoded once."""
+    if isinstance(keys, np.ndarray):  # ids: sorted unique, then ranked by where each first appears
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return first[order].astype(np.int64), rank[inverse.reshape(-1)].astype(np.int64)
+    row_of: dict = {}
+    owner = np.fromiter((row_of.setdefault(key, len(row_of)) for key in keys), dtype=np.int64, count=len(keys))
+    return np.unique(owner, return_index=True)[1].astype(np.int64), owner
+
+
 @dataclass(frozen=True, eq=False)
 class TextTable:
     """Texts whose index is their id, with their token counts and a fingerprint of the texts.
@@ -108,4 +123,4 @@ class Corpus:
         return out
 
 
-__all__ = ["Corpus", "TextTable", "fingerprint_texts"]
+__all__ = ["Corpus", "TextTable", "fingerprint_texts", "first_occurrences"]

@@ -110,19 +110,11 @@ class Document:
         sentence), so an agent that encodes chunks with its own model needs to encode ``first`` only. Chunks
         are the same where their corpus ids are (chunks drawn from a corpus), else where their texts are.
         """
+        from qrag_gym.corpus import first_occurrences
+
         env = self._live()
         episode = env.episode
-        if episode.chunk_ids is not None:
-            _, first, owner = np.unique(episode.chunk_ids, return_index=True, return_inverse=True)
-        else:
-            row_of: dict[str, int] = {}
-            owner = np.fromiter((row_of.setdefault(text, len(row_of)) for text in env.chunks), dtype=np.int64,
-                                count=len(env.chunks))
-            _, first = np.unique(owner, return_index=True)
-        order = np.argsort(first, kind="stable")  # distinct chunks in document order
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        return first[order].astype(np.int64), rank[owner.reshape(-1)].astype(np.int64)
+        return first_occurrences(episode.chunk_ids if episode.chunk_ids is not None else env.chunks)
 
     def features(self, embedder: TextEmbedder, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Vectors ``(len(ids), embedder.dim)`` of chunks ``ids`` under ``embedder``, an agent's own encoder

@@ -22,6 +22,7 @@ from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotate
 from qrag_agents.qrag.shortlist import ChunkIndex, ShortlistResult, certified_argmax, certified_top
+from qrag_gym.corpus import first_occurrences
 from qrag_gym.document import Document
 
 CHUNK_BATCH = 8192
@@ -58,9 +59,8 @@ def embed_document(network: QNetwork, chunks: tuple[str, ...]) -> torch.Tensor:
     BABILong document holds about 7 copies of each), and copied to its rows; peak memory is the
     result plus the distinct vectors plus one batch, with no list of parts to concatenate.
     """
-    row_of: dict[str, int] = {}
-    owner = np.fromiter((row_of.setdefault(text, len(row_of)) for text in chunks), dtype=np.int64, count=len(chunks))
-    distinct = list(row_of)
+    first, owner = first_occurrences(chunks)
+    distinct = [chunks[i] for i in first.tolist()]
     vectors = torch.empty((len(distinct), network.dim), dtype=torch.float32, device=network.device)
     for start in range(0, len(distinct), CHUNK_BATCH):
         vectors[start : start + CHUNK_BATCH] = network.embed_chunks(distinct[start : start + CHUNK_BATCH])

@@ -25,7 +25,7 @@ import numpy as np
 
 from qrag_gym.data.noise import NoiseCorpus
 from qrag_gym.cache import register_one_off_texts
-from qrag_gym.corpus import Corpus, TextTable
+from qrag_gym.corpus import Corpus, TextTable, first_occurrences
 from qrag_gym.episode import Episode
 from qrag_gym.validation import positive_int
 
@@ -284,11 +284,10 @@ def chunk_ids(chunks: list[str], slots: np.ndarray, haystack: Haystack, needle_t
     is_needle[slots] = True
     tokens[slots], tokens[~is_needle] = needle_tokens, haystack.tokens
     made = is_needle if haystack.ids is not None and books is not None else np.ones(len(chunks), dtype=bool)
-    row_of: dict[str, int] = {}
-    local = np.fromiter((row_of.setdefault(chunks[i], len(row_of)) for i in np.flatnonzero(made).tolist()),
-                        dtype=np.int64, count=int(made.sum()))
-    first = np.flatnonzero(made)[np.unique(local, return_index=True)[1]]
-    table = TextTable.of(list(row_of), tokens[first], episode_local=True)
+    positions = np.flatnonzero(made)
+    first, local = first_occurrences([chunks[i] for i in positions.tolist()])
+    first = positions[first]
+    table = TextTable.of([chunks[i] for i in first.tolist()], tokens[first], episode_local=True)
     if made.all():
         return local, Corpus((table,))
     ids = np.empty(len(chunks), dtype=np.int64)

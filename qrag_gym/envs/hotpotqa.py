@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from qrag_gym.corpus import Corpus, TextTable
+from qrag_gym.corpus import Corpus, TextTable, first_occurrences
 from qrag_gym.data.hotpotqa import DEFAULT_FILE, DEFAULT_FILES, SPLIT_RULE, HotpotQuestion, load_hotpotqa, split_questions
 from qrag_gym.data.paths import require_data_subdir
 from qrag_gym.models import count_tokens, length_tokenizer
@@ -41,11 +41,12 @@ def _cached_paragraphs(path: str) -> tuple[Corpus, dict[str, np.ndarray]]:
     each question's paragraphs as ids into it: an episode's features and token counts are gathered by id.
     Tokens are counted in one batched pass per file (counting them at every reset cost more than the rest of
     a training step)."""
-    row_of: dict[str, int] = {}
-    ids = {question.qid: np.fromiter((row_of.setdefault(chunk, len(row_of)) for chunk in question.chunks),
-                                     dtype=np.int64, count=len(question.chunks))
-           for question in _cached_questions(path)}
-    texts = list(row_of)
+    questions = _cached_questions(path)
+    paragraphs = [chunk for question in questions for chunk in question.chunks]
+    first, owner = first_occurrences(paragraphs)
+    texts = [paragraphs[i] for i in first.tolist()]
+    ends = np.cumsum([len(question.chunks) for question in questions])
+    ids = {q.qid: owner[end - len(q.chunks): end] for q, end in zip(questions, ends)}
     return Corpus((TextTable.of(texts, count_tokens(length_tokenizer(), texts)),)), ids
 
 
