@@ -131,6 +131,16 @@ class Document:
             return corpus_features(episode.corpus, embedder).rows(episode.chunk_ids[ids])
         return embedder.encode([env.chunks[i] for i in ids.tolist()])
 
+    def question_features(self, embedder: TextEmbedder) -> np.ndarray:
+        """The question's vector ``(embedder.dim,)`` under ``embedder`` (an agent's own encoder): gathered by the
+        episode's question id from that encoder's feature table where the question has one, else encoded."""
+        episode = self._live().episode
+        if episode.question_id is not None:
+            from qrag_gym.features import corpus_features
+
+            return corpus_features(episode.corpus, embedder).rows(np.array([episode.question_id]))[0]
+        return embedder.encode([episode.question], persist=False)[0]
+
     def score(self, query: np.ndarray) -> np.ndarray:
         """Score of every action for a query vector (``vectors() @ query``): ``-inf`` where masked, length
         ``max_chunks`` (:meth:`RetrievalEnv.score`)."""
@@ -141,7 +151,7 @@ class Document:
         """Not available: raises, naming what to use instead (code written for the old ``(obs, info, env)`` API)."""
         raise AttributeError("agents get a read-only qrag_gym.document.Document, not the env (issue 15): read "
                              "document.question, .texts, .text(id), .vectors(ids), .encode(text), .score(vector), "
-                             ".distinct_chunks(), .features(embedder, ids)")
+                             ".distinct_chunks(), .features(embedder, ids), .question_features(embedder)")
 
 
 __all__ = ["Document", "StaleDocumentError"]

@@ -24,7 +24,9 @@ class Episode:
     then gathered by id (:mod:`qrag_gym.features`). BABILong's books and story facts and HotpotQA's paragraphs
     are fixed tables; NIAH's essay haystack keeps the books' ids and the texts an episode makes (needles,
     generated haystacks) get ids in an episode-local table. They are None only for the BABILong release's
-    haystacks (and episodes built by hand without them). Equality compares the texts, not the ids.
+    haystacks (and episodes built by hand without them). ``question_id`` names the question the same way
+    (BABILong's and HotpotQA's question tables, NIAH's episode-local table), so an agent's question features
+    are gathered by id too. Equality compares the texts, not the ids.
     """
 
     chunks: tuple[str, ...]
@@ -37,6 +39,7 @@ class Episode:
     meta: dict[str, Any] = field(default_factory=dict)
     chunk_ids: np.ndarray | None = field(default=None, compare=False, repr=False)
     corpus: Corpus | None = field(default=None, compare=False, repr=False)
+    question_id: int | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.chunk_ids is None) != (self.corpus is None):
@@ -47,6 +50,11 @@ class Episode:
                 raise ValueError(f"chunk_ids must be an integer numpy array, got {type(ids).__name__}")
             if ids.shape != (len(self.chunks),):
                 raise ValueError(f"{ids.shape} chunk ids for {len(self.chunks)} chunks")
+        if self.question_id is not None:
+            if self.corpus is None:
+                raise ValueError("question_id names a text of the episode's corpus: give chunk_ids and corpus too")
+            if self.corpus.texts(np.array([self.question_id]))[0] != self.question:
+                raise ValueError(f"question_id {self.question_id} is not this episode's question {self.question!r}")
         bad = [i for i in self.supporting_ids if not 0 <= i < len(self.chunks)]
         if bad:
             raise ValueError(f"supporting ids {bad} are outside the {len(self.chunks)} chunks")

@@ -28,18 +28,21 @@ def test_supporting_ids_point_at_the_supporting_facts(task: str, data_dir) -> No
 
 
 def test_episodes_are_corpus_ids_whose_texts_and_tokens_are_the_chunks(make_env) -> None:
-    """An episode is an array of ids into the env's corpus (books, then story facts): the ids give back
-    its texts and its measured length, and facts sit in the second table."""
+    """An episode is an array of ids into the env's corpus (books, story facts, then questions): the ids give
+    back its texts and its measured length, facts sit in the second table and the question in the third."""
     base = make_env("qa2").unwrapped
     corpus = base.corpus
-    books, facts = corpus.tables
+    books, facts, questions = corpus.tables
     assert len(books) > 1_000 and len(set(facts.texts)) == len(facts)  # distinct facts, one id each
+    assert len(set(questions.texts)) == len(questions)
     for seed in range(5):
         _, info = base.reset(seed=seed)
         ids = base.episode.chunk_ids
         assert corpus.texts(ids) == base.chunks
         assert int(corpus.tokens(ids).sum()) == info["num_tokens"]
         assert (ids[list(info["supporting_ids"])] >= len(books)).all()  # every supporting chunk is a fact
+        assert (ids < len(books) + len(facts)).all() and base.episode.question_id >= len(books) + len(facts)
+        assert corpus.texts([base.episode.question_id]) == (base.question,)
     with pytest.raises(ValueError, match=f"chunk id {len(corpus)} is outside this corpus"):
         corpus.texts(np.array([0, len(corpus)]))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -84,7 +85,7 @@ def _repeated(env, seed: int, ids: bool):
     order = np.concatenate([np.arange(len(episode.chunks)), np.arange(len(episode.chunks) // 2), [3]])
     chunks = tuple(episode.chunks[i] for i in order)
     changes = {"chunks": chunks, "chunk_ids": episode.chunk_ids[order] if ids else None,
-               "corpus": episode.corpus if ids else None}
+               "corpus": episode.corpus if ids else None, "question_id": episode.question_id if ids else None}
     return dataclasses.replace(episode, **changes)
 
 
@@ -115,6 +116,28 @@ def test_features_are_the_encoders_own_vectors_by_id_or_by_text(make_env) -> Non
         Document(env.unwrapped).features(base.embedder, [0, env.unwrapped.num_chunks])
 
 
+@pytest.mark.parametrize("family", ["babilong", "niah"])
+def test_question_features_come_by_question_id_or_by_text(make_env, data_dir, family: str) -> None:
+    """The question is a corpus text too (BABILong's questions table, NIAH's episode-local one): its features
+    are the encoder's own vector, gathered by the episode's question id, and the same encoded from the text
+    where the episode has no id; a wrong id is refused."""
+    env = make_env("qa3") if family == "babilong" else gym.make(
+        "QRAG-NIAH-v0", variant="multikey_1", context_tokens=1_000, data_dir=str(data_dir))
+    env.reset(seed=2)
+    base = env.unwrapped
+    episode = base.episode
+    assert episode.question_id is not None
+    by_id = Document(base).question_features(base.embedder)
+    np.testing.assert_allclose(by_id, base.embedder.encode([base.question], persist=False)[0], atol=1e-6)
+    env.reset(options={"episode": dataclasses.replace(episode, question_id=None)})
+    np.testing.assert_allclose(Document(base).question_features(base.embedder), by_id, atol=1e-6)
+    wrong = int(episode.chunk_ids[0])
+    with pytest.raises(ValueError, match=f"question_id {wrong} is not this episode's question"):
+        dataclasses.replace(episode, question_id=wrong)
+    with pytest.raises(ValueError, match="give chunk_ids and corpus too"):
+        dataclasses.replace(episode, chunk_ids=None, corpus=None)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(order=st.lists(st.integers(0, 9), min_size=1, max_size=60), ids=st.booleans())
 def test_distinct_chunks_hold_for_any_repeats(make_env, order: list[int], ids: bool) -> None:
@@ -125,7 +148,8 @@ def test_distinct_chunks_hold_for_any_repeats(make_env, order: list[int], ids: b
     base = env.unwrapped.episode
     picks = np.asarray(order)
     episode = dataclasses.replace(base, chunks=tuple(base.chunks[i] for i in picks), supporting_ids=(0,),
-                                  chunk_ids=base.chunk_ids[picks] if ids else None, corpus=base.corpus if ids else None)
+                                  chunk_ids=base.chunk_ids[picks] if ids else None, corpus=base.corpus if ids else None,
+                                  question_id=base.question_id if ids else None)
     env.reset(options={"episode": episode})
     first, owner = Document(env.unwrapped).distinct_chunks()
     texts = episode.chunks

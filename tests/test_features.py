@@ -202,5 +202,5 @@ def test_episode_ids_must_be_integers_and_name_the_episodes_texts(make_env) -> N
         base.reset(options={"episode": shuffled})
     with pytest.raises(TypeError, match="must be a qrag_gym.episode.Episode"):
         base.reset(options={"episode": {"chunks": episode.chunks}})
-    base.reset(options={"episode": replace(episode, chunk_ids=None, corpus=None)})  # text only: allowed
+    base.reset(options={"episode": replace(episode, chunk_ids=None, corpus=None, question_id=None)})  # text only: allowed
     assert base.chunks == episode.chunks and base.episode.chunk_ids is None

@@ -159,15 +159,20 @@ def test_fact_metrics_reuse_retrieval_metrics():
 
 
 def test_paragraphs_are_ids_into_one_table_per_file(tmp_path):
-    """BEIR's shape: a paragraph shown with several questions has one id in the file's table, and an episode is
-    the ids of its paragraphs (features and token counts gathered by id)."""
+    """BEIR's shape: a paragraph shown with several questions has one id in the file's table, a question asked
+    twice has one id in its questions table, and an episode is the ids of its paragraphs and of its question
+    (features and token counts gathered by id)."""
     again = {**PROCESSED, "question_id": "again"}
     path = write_jsonl(tmp_path / "mini.jsonl", json.dumps(PROCESSED), json.dumps(again), json.dumps(OFFICIAL))
     env = gym.make("QRAG-HotpotQA-v0", split="all", path=str(path)).unwrapped
     episodes = [env.episode_at(index) for index in range(3)]
     assert episodes[0].corpus is episodes[2].corpus
     np.testing.assert_array_equal(episodes[0].chunk_ids, episodes[1].chunk_ids)
-    assert len(episodes[0].corpus) == len({chunk for episode in episodes for chunk in episode.chunks})
+    paragraphs, questions = episodes[0].corpus.tables
+    assert len(paragraphs) == len({chunk for episode in episodes for chunk in episode.chunks})
+    assert len(questions) == len({episode.question for episode in episodes}) == 2
+    assert episodes[0].question_id == episodes[1].question_id != episodes[2].question_id
     for episode in episodes:
         assert episode.corpus.texts(episode.chunk_ids) == episode.chunks
+        assert episode.corpus.texts([episode.question_id]) == (episode.question,)
         assert episode.num_tokens == int(count_tokens(length_tokenizer(), list(episode.chunks)).sum())

@@ -175,8 +175,8 @@ def test_ruler_string_match():
 def test_chunks_are_ids_books_shared_and_made_texts_episode_local(variant):
     """Every chunk has an id: essay haystacks keep the books table's ids (the same table, by fingerprint, as
     BABILong's books of that split, so their features are shared), the texts an episode makes (needles, generated
-    haystacks) are in an episode-local table that never joins the process-wide registry of feature tables; the
-    features by id are the embedder's own vectors of the texts."""
+    haystacks) and its question (the last row) are in an episode-local table that never joins the process-wide
+    registry of feature tables; the features by id are the embedder's own vectors of the texts."""
     from qrag_gym.envs.babilong import BabilongEnv
     from qrag_gym.features import _OPEN_TABLES
 
@@ -187,12 +187,13 @@ def test_chunks_are_ids_books_shared_and_made_texts_episode_local(variant):
         assert episode.corpus.texts(episode.chunk_ids) == episode.chunks
         assert int(episode.corpus.tokens(episode.chunk_ids).sum()) == episode.num_tokens
         local = episode.corpus.tables[-1]
+        assert episode.question_id == len(episode.corpus) - 1 and local.texts[-1] == episode.question
         needles = {episode.chunks[i] for i in episode.meta["needle_ids"]}
         assert local.episode_local and needles <= set(local.texts) and len(set(local.texts)) == len(local.texts)
         if VARIANTS[variant].haystack == "essay":
             books = episode.corpus.tables[0]
             babilong = BabilongEnv(task="qa1", split="validation", data_dir=str(DATA), source="real")
             assert not books.episode_local and books.fingerprint == babilong.corpus.tables[0].fingerprint
-            assert set(local.texts) == needles
+            assert set(local.texts) == needles | {episode.question}
         np.testing.assert_array_equal(env.chunk_vectors(), env.embedder.encode(list(episode.chunks)))
         assert all(key[0] != local.fingerprint for key in _OPEN_TABLES)

@@ -112,7 +112,7 @@ def encode_document(network: QNetwork, document: Document) -> EncodedDocument:
     features = torch.from_numpy(document.features(network.embedder, first)).to(network.device)
     for start in range(0, len(first), CHUNK_BATCH):
         distinct[start : start + CHUNK_BATCH] = network.adapt_chunks(features[start : start + CHUNK_BATCH])
-    question = network.chunk_features([document.question])
+    question = torch.from_numpy(document.question_features(network.embedder)).to(network.device).unsqueeze(0)
     return EncodedDocument(distinct[owner], question, features, owner)
 
 

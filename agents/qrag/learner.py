@@ -292,7 +292,7 @@ class Learner(LearnerBase):
                 values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features)]
             values.append(features)
             buffers.append(self.features)
-            self.question[rows] = self.online.chunk_features([episode.question for episode in episodes])
+            self.question[rows] = self.online.question_features(episodes)
         for buffer, value in zip(buffers, values):
             for row, piece in zip(rows.tolist(), value.split(sizes)):  # row slices: faster than one indexed put
                 buffer[row, : len(piece)] = piece

@@ -125,6 +125,21 @@ class QNetwork(nn.Module):
                 out[spans] = corpus_features(corpus, self._embedder).rows(ids)
         return torch.from_numpy(out).to(self.device)
 
+    def question_features(self, episodes: list[Episode]) -> torch.Tensor:
+        """The frozen features of each episode's question ``(len(episodes), d)`` (adapter build): gathered by
+        question id from its corpus's feature tables, encoded from the text where an episode has no id."""
+        out = np.empty((len(episodes), self.dim), dtype=np.float32)
+        groups: dict[int, list[int]] = {}
+        for row, episode in enumerate(episodes):
+            groups.setdefault(-1 if episode.question_id is None else id(episode.corpus), []).append(row)
+        for key, rows in groups.items():
+            if key == -1:
+                out[rows] = self._embedder.encode([episodes[row].question for row in rows])
+            else:
+                ids = np.array([episodes[row].question_id for row in rows], dtype=np.int64)
+                out[rows] = corpus_features(episodes[rows[0]].corpus, self._embedder).rows(ids)
+        return torch.from_numpy(out).to(self.device)
+
     def adapt_chunks(self, features: torch.Tensor) -> torch.Tensor:
         """E_a from frozen features ``(..., d)`` (adapter build): ``normalize(e + MLP(e))``."""
         return nn.functional.normalize(features + self.chunk_adapter(features), dim=-1)

@@ -272,12 +272,13 @@ def insert_needles(haystack: Haystack, needle_sentences: list[str], needle_token
 
 
 def chunk_ids(chunks: list[str], slots: np.ndarray, haystack: Haystack, needle_tokens: np.ndarray,
-              books: TextTable | None) -> tuple[np.ndarray, Corpus]:
-    """Every chunk of an episode as an id (issue 15: features and token counts are then gathered by id).
+              books: TextTable | None, question: str, question_tokens: int) -> tuple[np.ndarray, Corpus, int]:
+    """Every chunk of an episode as an id, and the id of its question (issue 15: features and token counts are
+    then gathered by id).
 
     Book sentences keep their ids in the ``books`` table, shared with every env over the same books; the texts
-    this episode made (its needles, a generated haystack) get ids in an episode-local table (distinct texts
-    once), whose features go with the episode.
+    this episode made (its needles, a generated haystack, the question: its last row) get ids in an
+    episode-local table (distinct chunk texts once), whose features go with the episode.
     """
     tokens = np.empty(len(chunks), dtype=np.int64)
     is_needle = np.zeros(len(chunks), dtype=bool)
@@ -287,12 +288,13 @@ def chunk_ids(chunks: list[str], slots: np.ndarray, haystack: Haystack, needle_t
     positions = np.flatnonzero(made)
     first, local = first_occurrences([chunks[i] for i in positions.tolist()])
     first = positions[first]
-    table = TextTable.of([chunks[i] for i in first.tolist()], tokens[first], episode_local=True)
+    table = TextTable.of([*(chunks[i] for i in first.tolist()), question],
+                         np.append(tokens[first], question_tokens), episode_local=True)
     if made.all():
-        return local, Corpus((table,))
+        return local, Corpus((table,)), len(first)
     ids = np.empty(len(chunks), dtype=np.int64)
     ids[~made], ids[made] = haystack.ids, len(books) + local
-    return ids, Corpus((books, table))
+    return ids, Corpus((books, table)), len(books) + len(first)
 
 
 def build_episode(
@@ -326,13 +328,15 @@ def build_episode(
     else:
         haystack = needle_haystack(need, config, count_tokens, rng, limit, set(needles.keys), set(needles.answers))
     chunks, slots, tokens = insert_needles(haystack, needle_sentences, needle_tokens, rng)
-    ids, episode_corpus = chunk_ids(chunks, slots, haystack, needle_tokens, books)
+    question = question_text(config, needles.asked)
+    ids, episode_corpus, question_id = chunk_ids(chunks, slots, haystack, needle_tokens, books, question,
+                                                 int(count_tokens([question])[0]))
     asked = set(needles.asked)
     supporting = tuple(sorted(int(s) for s, (key, _) in zip(slots, needles.order) if key in asked))
     answers = needles.answers
     return Episode(
         chunks=tuple(chunks),
-        question=question_text(config, needles.asked),
+        question=question,
         answer=", ".join(answers),
         supporting_ids=supporting,
         source=source,
@@ -343,4 +347,5 @@ def build_episode(
               "depths": [round(float(s) / max(len(chunks) - 1, 1), 4) for s in slots]},
         chunk_ids=ids,
         corpus=episode_corpus,
+        question_id=question_id,
     )

@@ -49,15 +49,17 @@ _CAPACITY_SLACK = 1.5
 class BabilongSource:
     """The samples and noise one split of one task draws from, as one corpus of ids.
 
-    ``corpus`` holds two tables: the books' sentences (ids ``0..len(noise)-1``, shared by every task over
-    the same books) and the distinct story facts, sorted; ``fact_ids[i]`` are sample ``i``'s facts as ids.
-    Token counts (the fixed length tokenizer's) are counted once per table, never per reset.
+    ``corpus`` holds three tables: the books' sentences (ids ``0..len(noise)-1``, shared by every task over
+    the same books), the distinct story facts and the distinct questions, both sorted; ``fact_ids[i]`` are
+    sample ``i``'s facts as ids and ``question_ids[i]`` its question's id. Token counts (the fixed length
+    tokenizer's) are counted once per table, never per reset.
     """
 
     samples: list[BabiSample]
     noise: NoiseCorpus
     corpus: Corpus
     fact_ids: list[np.ndarray]
+    question_ids: np.ndarray
     label: str
 
     @property
@@ -69,14 +71,19 @@ class BabilongSource:
         return max(len(s.facts) for s in self.samples)
 
 
-def _source_corpus(samples: list[BabiSample], noise: NoiseCorpus, tokenizer) -> tuple[Corpus, list[np.ndarray]]:
-    """The books table and the facts table of a source, and each sample's facts as corpus ids."""
+def _source_corpus(samples: list[BabiSample], noise: NoiseCorpus,
+                   tokenizer) -> tuple[Corpus, list[np.ndarray], np.ndarray]:
+    """The books, facts and questions tables of a source, each sample's facts as corpus ids and each sample's
+    question id."""
     count = lambda texts: count_tokens(tokenizer, texts)  # noqa: E731
     books = TextTable.of(noise.sentences, cached_token_counts(noise.sentences, tokenizer.name_or_path, count))
     facts = sorted({fact for sample in samples for fact in sample.facts})
-    corpus = Corpus((books, TextTable.of(facts, count(facts))))
+    questions = sorted({sample.question for sample in samples})
+    corpus = Corpus((books, TextTable.of(facts, count(facts)), TextTable.of(questions, count(questions))))
     fact_id = {fact: len(books) + index for index, fact in enumerate(facts)}
-    return corpus, [np.fromiter((fact_id[f] for f in s.facts), dtype=np.int64, count=len(s.facts)) for s in samples]
+    question_id = {question: len(books) + len(facts) + index for index, question in enumerate(questions)}
+    fact_ids = [np.fromiter((fact_id[f] for f in s.facts), dtype=np.int64, count=len(s.facts)) for s in samples]
+    return corpus, fact_ids, np.array([question_id[s.question] for s in samples], dtype=np.int64)
 
 
 def load_source(task: str, split: str, source: str, data_dir: str | Path | None) -> BabilongSource:
@@ -122,8 +129,8 @@ def load_source(task: str, split: str, source: str, data_dir: str | Path | None)
         pool = generate_babi_samples(task, np.random.default_rng(offset), GENERATED_STORIES)
         samples = split_samples(pool, split)
         label = "babi-generated+synthetic-noise"
-    corpus, fact_ids = _source_corpus(samples, noise, tokenizer)
-    return BabilongSource(samples, noise, corpus, fact_ids, label)
+    corpus, fact_ids, question_ids = _source_corpus(samples, noise, tokenizer)
+    return BabilongSource(samples, noise, corpus, fact_ids, question_ids, label)
 
 
 def _generated_training_samples(task: str) -> list[BabiSample]:
@@ -206,6 +213,7 @@ def assemble(
         meta={"story_index": sample.story_index, "num_facts": n_facts},
         chunk_ids=chunk_ids,
         corpus=source.corpus,
+        question_id=int(source.question_ids[index]),
     )
 
 

@@ -36,18 +36,23 @@ def _cached_questions(path: str) -> tuple[HotpotQuestion, ...]:
 
 
 @lru_cache(maxsize=8)
-def _cached_paragraphs(path: str) -> tuple[Corpus, dict[str, np.ndarray]]:
-    """The file's distinct paragraphs as one table (a paragraph shown with several questions has one id), and
-    each question's paragraphs as ids into it: an episode's features and token counts are gathered by id.
-    Tokens are counted in one batched pass per file (counting them at every reset cost more than the rest of
-    a training step)."""
+def _cached_paragraphs(path: str) -> tuple[Corpus, dict[str, np.ndarray], dict[str, int]]:
+    """The file's distinct paragraphs as one table (a paragraph shown with several questions has one id) and its
+    distinct questions as a second, with each question's paragraphs as ids and its own id: an episode's
+    features and token counts are gathered by id. Tokens are counted in one batched pass per table (counting
+    them at every reset cost more than the rest of a training step)."""
     questions = _cached_questions(path)
     paragraphs = [chunk for question in questions for chunk in question.chunks]
     first, owner = first_occurrences(paragraphs)
     texts = [paragraphs[i] for i in first.tolist()]
     ends = np.cumsum([len(question.chunks) for question in questions])
     ids = {q.qid: owner[end - len(q.chunks): end] for q, end in zip(questions, ends)}
-    return Corpus((TextTable.of(texts, count_tokens(length_tokenizer(), texts)),)), ids
+    first_asked, asked_owner = first_occurrences([question.question for question in questions])
+    asked = [questions[i].question for i in first_asked.tolist()]
+    question_ids = {q.qid: len(texts) + int(row) for q, row in zip(questions, asked_owner.tolist())}
+    tokenizer = length_tokenizer()
+    tables = (TextTable.of(texts, count_tokens(tokenizer, texts)), TextTable.of(asked, count_tokens(tokenizer, asked)))
+    return Corpus(tables), ids, question_ids
 
 
 class HotpotQAEnv(QuestionSetEnv):
@@ -103,7 +108,7 @@ class HotpotQAEnv(QuestionSetEnv):
         self.questions = split_questions(list(every), split)
         if not self.questions:
             raise ValueError(f"{self.path} has no {split} questions ({SPLIT_RULE})")
-        self._corpus, self._paragraph_ids = _cached_paragraphs(str(self.path.resolve()))
+        self._corpus, self._paragraph_ids, self._question_ids = _cached_paragraphs(str(self.path.resolve()))
         if max_chunks is None:
             max_chunks = max(len(q.paragraphs) for q in every)
         super().__init__(max_chunks, max_steps, **kwargs)
@@ -123,6 +128,7 @@ class HotpotQAEnv(QuestionSetEnv):
             meta={"answers": list(question.answers), "qid": question.qid, "index": index},
             chunk_ids=ids,
             corpus=self._corpus,
+            question_id=self._question_ids[question.qid],
         )
 
     @property
