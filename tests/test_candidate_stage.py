@@ -113,13 +113,15 @@ def test_stage_learns_to_prefer_the_later_of_two_identical_candidates(data_dir) 
     assert later_wins.float().mean() >= 0.95
 
 
-@pytest.mark.parametrize("context", [False, True])
-def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir, context: bool) -> None:
+@pytest.mark.parametrize("context, question", [(False, False), (True, False), (True, True)])
+def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir, context: bool, question: bool) -> None:
     """The learner's update re-scores an action inside the candidate set it was taken from and gets the
     final Q :func:`refine` gave it while acting; an action outside the set keeps its base Q. Checked in a
-    state with two chunks selected, and with ``candidate_context`` (the stage reads them too), where the
-    rollout's Q must also be the Q that acting (:func:`step_q_values`) gives the same state."""
-    config = cpu_config(task="qa2", candidate_stage=True, candidate_context=context, num_envs=1, train_num_sentences=30)
+    state with two chunks selected, with ``candidate_context`` (the stage reads them too) and with
+    ``candidate_question`` (and the question), where the rollout's Q must also be the Q that acting
+    (:func:`step_q_values`, the question embedded from its text there) gives the same state."""
+    config = cpu_config(task="qa2", candidate_stage=True, candidate_context=context, candidate_question=question,
+                        num_envs=1, train_num_sentences=30)
     embedder = shared_embedder("default")
     torch.manual_seed(0)
     online, target = QNetwork(config, embedder), QNetwork(config, embedder)
@@ -151,14 +153,15 @@ def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir,
     assert (sets.context_index is not None) == context
     with torch.no_grad():
         action_q = online.q_halves(states.expand(2, -1), learner.chunks[0, [inside, outside]], rho[0, [inside, outside]])
-        scored = learner._candidate_q(states.expand(2, -1), action_q, sets)
+        scored = learner._candidate_q(states.expand(2, -1), action_q, sets, learner.question.expand(2, -1))
     assert torch.allclose(scored[0], final[0, inside], atol=1e-5)
     assert torch.equal(scored[1], action_q[1]) and torch.allclose(scored[1], final[0, outside], atol=1e-5)
 
 
 def test_context_stage_depends_on_which_chunks_are_selected() -> None:
     """With ``candidate_context`` the same candidates and state get another correction when the selected
-    chunks differ; without it the selected chunks are not read at all. A context-stage needs the context."""
+    chunks differ; without it the selected chunks are not read at all. A context-stage needs the context, and a
+    ``candidate_question`` stage the question, whose correction then changes with the question."""
     network = stage_network(8, candidate_context=True)
     with torch.no_grad():
         for parameter in network.candidate_stage.parameters():
@@ -177,6 +180,18 @@ def test_context_stage_depends_on_which_chunks_are_selected() -> None:
     assert not torch.allclose(first, second)
     with pytest.raises(ValueError, match="candidate_context"):
         candidate_delta(network, states, chunks, base, positions, index, valid)
+    asking = stage_network(8, candidate_context=True, candidate_question=True)
+    with torch.no_grad():
+        for parameter in asking.candidate_stage.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+        by_question = [candidate_delta(asking, states, chunks, base, positions, index, valid,
+                                       SelectedContext.gather(others, torch.tensor([[2, -1]]), others[:, row]))
+                       for row in (0, 1)]
+    assert not torch.allclose(*by_question)  # the question is read: another question, another correction
+    with pytest.raises(ValueError, match="candidate_question"):
+        candidate_delta(asking, states, chunks, base, positions, index, valid, one)
+    with pytest.raises(ConfigError, match="candidate_question=true adds the question"):
+        cpu_config(candidate_stage=True, candidate_question=True)
     with pytest.raises(ConfigError, match="candidate_context=true is built for the adapter build"):
         cpu_config(candidate_stage=True, candidate_context=True, finetune_encoder=True)
 

@@ -109,10 +109,11 @@ class QRAGAgent:
         state = self._document.state(self.network, selected)  # by id (adapter build); None: from the texts
         if self._index is not None:
             found = shortlist_step(self.network, self._index, self._chunks, question, texts, selected,
-                                   info["action_mask"], self.shortlist, state=state)
+                                   info["action_mask"], self.shortlist, state=state, asked=self._document.asked)
             action, value = found.action, found.value
         else:
-            q = step_q_values(self.network, self._chunks, question, texts, selected, info["action_mask"], state=state)
+            q = step_q_values(self.network, self._chunks, question, texts, selected, info["action_mask"], state=state,
+                              asked=self._document.asked)
             action, value = int(q.argmax()), float(q[int(q.argmax())])
         self._max_q.append(value)
         return action

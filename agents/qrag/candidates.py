@@ -13,7 +13,8 @@ position (segment and place inside the gap between selected facts). Self-attenti
 add a learned per-head bias for "the other candidate is earlier / the same / later in the document"
 mix the tokens, and a zero-initialised output layer adds a residual to each candidate's Q halves: a
 new stage starts exactly at the faithful model. Chunks outside the top ``candidate_count`` keep their base Q.
-With ``candidate_context`` the selected chunks join as extra tokens (:class:`SelectedContext`).
+With ``candidate_context`` the selected chunks join as extra tokens (:class:`SelectedContext`), and with
+``candidate_question`` the question too (as the chunk encoder embeds it, after the document in the order).
 
 Train it on a frozen faithful model (``stage_base``, :func:`qrag_agents.qrag.checkpoint.load_stage_base`): the
 base Q then stays the faithful one, which is what holds up on 1M-10M-token documents; trained together with its
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 
 SCALAR_FEATURES = 7
 """Per-candidate scalars: two base Q halves, two Boltzmann weights, document-order rank, segment, place in gap.
-With ``candidate_context`` an eighth says whether the token is a selected chunk (1) or a candidate (0)."""
+With ``candidate_context`` an eighth says whether the token is a selected chunk (1) or a candidate (0), and with
+``candidate_question`` a ninth whether it is the question (1)."""
 
 
 @dataclass
@@ -55,12 +57,14 @@ class SelectedContext:
 
     chunks: torch.Tensor  # un-rotated E_a of the selected chunks, (B, S, d), document order
     index: torch.Tensor  # their chunk ids, (B, S), -1 padding last
+    question: torch.Tensor | None = None  # the question as the chunk encoder embeds it, (B, d) (candidate_question)
 
     @classmethod
-    def gather(cls, chunks: torch.Tensor, ordered: torch.Tensor) -> "SelectedContext":
-        """From every chunk's E_a ``(B, N, d)`` and the selected ids ``(B, S)`` in document order (-1 padding)."""
+    def gather(cls, chunks: torch.Tensor, ordered: torch.Tensor, question: torch.Tensor | None = None) -> "SelectedContext":
+        """From every chunk's E_a ``(B, N, d)`` and the selected ids ``(B, S)`` in document order (-1 padding);
+        ``question`` ``(B, d)`` for a stage that reads it."""
         rows = ordered.clamp(min=0).unsqueeze(-1).expand(-1, -1, chunks.shape[-1])
-        return cls(chunks.gather(1, rows) * (ordered >= 0).unsqueeze(-1), ordered)
+        return cls(chunks.gather(1, rows) * (ordered >= 0).unsqueeze(-1), ordered, question)
 
 
 class OrderAttention(nn.Module):
@@ -102,7 +106,8 @@ class CandidateStage(nn.Module):
     def __init__(self, dim: int, config: QRAGConfig) -> None:
         super().__init__()
         hidden = config.candidate_hidden
-        self.embed = nn.Linear(2 * dim + SCALAR_FEATURES + int(config.candidate_context), hidden)
+        self.embed = nn.Linear(2 * dim + SCALAR_FEATURES + int(config.candidate_context) + int(config.candidate_question),
+                               hidden)
         self.blocks = nn.ModuleList(OrderAttention(hidden, config.candidate_heads) for _ in range(config.candidate_layers))
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, 2)
@@ -131,14 +136,20 @@ def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Ten
     stage: CandidateStage = network.candidate_stage
     if config.candidate_context and context is None:
         raise ValueError("this model's stage reads the selected chunks (candidate_context): pass context=")
+    if config.candidate_question and context.question is None:
+        raise ValueError("this model's stage reads the question (candidate_question): pass a context with question=")
     count = chunks.shape[1]
     tokens_index, tokens_valid = index, valid
     if config.candidate_context:
         tokens_index, tokens_valid = torch.cat((index, context.index), 1), torch.cat((valid, context.index >= 0), 1)
+    asked = int(config.candidate_question)  # the question token, after the document: last among the valid tokens
+    if asked:
+        after = torch.full_like(index[:, :1], torch.iinfo(index.dtype).max - 1)
+        tokens_index, tokens_valid = torch.cat((tokens_index, after), 1), torch.cat((tokens_valid, torch.ones_like(valid[:, :1])), 1)
     # Document-order rank among the valid tokens, in [0, 1]; invalid ones sort last.
     order = tokens_index.masked_fill(~tokens_valid, torch.iinfo(index.dtype).max).argsort(dim=1).argsort(dim=1)
     if config.candidate_context:  # spread over the candidates and the *real* selected chunks (padding varies)
-        rank = order.float() / (count - 1 + (context.index >= 0).sum(1, keepdim=True)).clamp(min=1)
+        rank = order.float() / (count - 1 + asked + (context.index >= 0).sum(1, keepdim=True)).clamp(min=1)
     else:
         rank = order.float() / max(count - 1, 1)
     total = base.sum(-1)
@@ -156,16 +167,25 @@ def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Ten
                rank[:, :count], segment, place]
     match = states.unsqueeze(1) * chunks * math.sqrt(chunks.shape[-1])
     if config.candidate_context:
-        tokens = torch.cat((chunks, match, torch.stack((*scalars, torch.zeros_like(total)), dim=-1)), dim=-1)
+        flags = [torch.zeros_like(total)] * (1 + asked)  # "a selected chunk", "the question": no for a candidate
+        tokens = torch.cat((chunks, match, torch.stack((*scalars, *flags), dim=-1)), dim=-1)
         selected = context.chunks
         zero = torch.zeros(selected.shape[:2], device=selected.device)
         # A selected chunk sits at the start of its own segment: the j-th in document order is segment j + 1.
         own_segment = zero
         if relative:
             own_segment = (torch.arange(1, selected.shape[1] + 1, device=selected.device) / (config.max_steps + 1)).expand_as(zero)
-        extra = torch.stack((zero, zero, zero, zero, rank[:, count:], own_segment, zero, torch.ones_like(zero)), dim=-1)
+        stop = count + selected.shape[1]
+        extra = torch.stack((zero, zero, zero, zero, rank[:, count:stop], own_segment, zero, torch.ones_like(zero),
+                             *[zero] * asked), dim=-1)
         extra_match = states.unsqueeze(1) * selected * math.sqrt(selected.shape[-1])
         tokens = torch.cat((tokens, torch.cat((selected, extra_match, extra), dim=-1)), dim=1)
+        if asked:
+            question = context.question.unsqueeze(1)  # (B, 1, d)
+            none = torch.zeros_like(question[..., 0])
+            scalars_q = torch.stack((none, none, none, none, rank[:, stop:], none, none, none, torch.ones_like(none)), dim=-1)
+            question_match = states.unsqueeze(1) * question * math.sqrt(question.shape[-1])
+            tokens = torch.cat((tokens, torch.cat((question, question_match, scalars_q), dim=-1)), dim=1)
     else:
         tokens = torch.cat((chunks, match, torch.stack(scalars, dim=-1)), dim=-1)
     delta = stage(tokens, rank, tokens_valid)[:, :count]

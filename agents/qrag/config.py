@@ -70,6 +70,10 @@ class QRAGConfig:
     candidate_context: bool = False
     """True: the stage also reads the chunks already selected, as tokens beside its candidates (adapter build
     only), so it can compare a candidate with the facts in the state, not only with the other candidates."""
+    candidate_question: bool = False
+    """True (with ``candidate_context``): the question joins the stage's tokens too, embedded by the chunk
+    encoder, so a candidate is compared with the question's own words ("before the kitchen": the move *to
+    the kitchen*), not only through the state vector, where the question is summed with the selected facts."""
     candidate_bound: float = 0.0
     """0: the stage's correction to each Q half is unbounded. Above 0: it is ``bound * tanh(raw / bound)``, so
     the stage can only reorder candidates whose base Q lies within about ``4 * bound`` of each other and never
@@ -165,6 +169,9 @@ class QRAGConfig:
                               "model: it needs candidate_stage=true and finetune_encoder=false")
         if self.candidate_context and self.finetune_encoder:
             raise ConfigError("candidate_context=true is built for the adapter build only: set finetune_encoder=false")
+        if self.candidate_question and not (self.candidate_stage and self.candidate_context):
+            raise ConfigError("candidate_question=true adds the question to the stage's context tokens: it needs "
+                              "candidate_stage=true and candidate_context=true")
         if self.q_threshold != self.q_threshold:
             raise ConfigError("q_threshold is NaN")
 

@@ -83,6 +83,7 @@ class EncodedDocument:
     question: torch.Tensor | None = None  # (1, d)
     features: torch.Tensor | None = None  # (distinct chunks, d)
     owner: torch.Tensor | None = None  # (m,) row of each chunk in ``features``
+    asked: torch.Tensor | None = None  # (1, d) the question's E_a, for a stage that reads it (candidate_question)
 
     def state(self, network: QNetwork, selected: list[int]) -> torch.Tensor | None:
         """E_s ``(1, d)`` of "question + ``selected``" (adapter build): the same sum, in document order, that
@@ -113,7 +114,8 @@ def encode_document(network: QNetwork, document: Document) -> EncodedDocument:
     for start in range(0, len(first), CHUNK_BATCH):
         distinct[start : start + CHUNK_BATCH] = network.adapt_chunks(features[start : start + CHUNK_BATCH])
     question = torch.from_numpy(document.question_features(network.embedder)).to(network.device).unsqueeze(0)
-    return EncodedDocument(distinct[owner], question, features, owner)
+    asked = network.adapt_chunks(question) if network.config.candidate_question else None
+    return EncodedDocument(distinct[owner], question, features, owner, asked)
 
 
 def _positions(network: QNetwork, num_chunks: int, selected: list[int]) -> torch.Tensor | None:
@@ -124,21 +126,27 @@ def _positions(network: QNetwork, num_chunks: int, selected: list[int]) -> torch
     return torch.from_numpy(rho).float().to(network.device)
 
 
-def selected_context(network: QNetwork, chunk_embeddings: torch.Tensor, selected: list[int]) -> SelectedContext | None:
-    """The selected chunks as the stage's context (one state), or None for models whose stage does not read them."""
+def selected_context(network: QNetwork, chunk_embeddings: torch.Tensor, selected: list[int], question: str,
+                     asked: torch.Tensor | None = None) -> SelectedContext | None:
+    """The selected chunks (and, for a ``candidate_question`` stage, the question's E_a: ``asked`` ``(1, d)``, else
+    embedded from ``question``) as the stage's context for one state, or None for models whose stage reads neither."""
     if not network.config.candidate_context:
         return None
+    if network.config.candidate_question and asked is None:
+        asked = network.embed_chunks([question])
     ordered = torch.tensor([sorted(selected)], dtype=torch.int64, device=chunk_embeddings.device).reshape(1, -1)
-    return SelectedContext.gather(chunk_embeddings.unsqueeze(0), ordered)
+    return SelectedContext.gather(chunk_embeddings.unsqueeze(0), ordered, asked if network.config.candidate_question else None)
 
 
 @torch.no_grad()
 def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: str, chunks: tuple[str, ...],
-                  selected: list[int], action_mask, state: torch.Tensor | None = None) -> torch.Tensor:
+                  selected: list[int], action_mask, state: torch.Tensor | None = None,
+                  asked: torch.Tensor | None = None) -> torch.Tensor:
     """Q of every chunk in the current state (``-inf`` where masked): one state forward, one re-rotation
     of every chunk, done ``CHUNK_BATCH`` rows at a time so the rotation's temporaries stay small. A model
     with a candidate stage then corrects its top candidates (:func:`refine`, as in training). ``state``: E_s
-    ``(1, d)`` when the caller has it by id (:meth:`EncodedDocument.state`); else it is embedded from the texts."""
+    ``(1, d)`` when the caller has it by id (:meth:`EncodedDocument.state`); else it is embedded from the texts.
+    ``asked``: the question's E_a (:attr:`EncodedDocument.asked`) for a ``candidate_question`` stage; else from the text."""
     if state is None:
         state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
     rho = _positions(network, len(chunks), selected)
@@ -149,7 +157,7 @@ def step_q_values(network: QNetwork, chunk_embeddings: torch.Tensor, question: s
     valid = torch.from_numpy(np.asarray(action_mask[: len(chunks)], dtype=bool)).to(halves.device)
     halves, _ = refine(network, state, chunk_embeddings.unsqueeze(0), halves.unsqueeze(0),
                        None if rho is None else rho.unsqueeze(0), valid.unsqueeze(0),
-                       selected_context(network, chunk_embeddings, selected))
+                       selected_context(network, chunk_embeddings, selected, question, asked))
     return halves[0].sum(-1).masked_fill(~valid, -torch.inf)
 
 
@@ -181,15 +189,15 @@ def rotation_bounds(state: np.ndarray, frequencies: np.ndarray, half_widths: np.
 @torch.no_grad()
 def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch.Tensor, question: str,
                    chunks: tuple[str, ...], selected: list[int], action_mask, k: int,
-                   state: torch.Tensor | None = None) -> ShortlistResult:
+                   state: torch.Tensor | None = None, asked: torch.Tensor | None = None) -> ShortlistResult:
     """The same argmax and max-Q as :func:`step_q_values`, from a faiss shortlist of ``k`` per position bucket.
 
     Faithful Q-RAG: the certified argmax of the base Q. With a candidate stage: the certified top
     ``candidate_count + 1`` by base Q; the first ``candidate_count`` are the stage's candidates (as in
     :func:`refine`) and get its correction, and the next one stands for every other chunk, which keeps its
     base Q, so the result is the full scan's argmax of the final Q. (Chunks of exactly equal base Q at the
-    edge of the candidate set are taken lowest id first, which a full scan's ``topk`` need not do.) ``state`` as
-    in :func:`step_q_values`.
+    edge of the candidate set are taken lowest id first, which a full scan's ``topk`` need not do.) ``state`` and
+    ``asked`` as in :func:`step_q_values`.
     """
     if state is None:
         state = network.embed_states([question], [[chunks[i] for i in sorted(selected)]])
@@ -225,7 +233,7 @@ def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch
     base = halves(slots)
     delta = candidate_delta(network, state[None], chunk_embeddings[rows][None], base[None],
                             None if rho is None else rho[rows][None], rows[None], real[None],
-                            selected_context(network, chunk_embeddings, selected))
+                            selected_context(network, chunk_embeddings, selected, question, asked))
     final = np.concatenate([(base + delta[0]).sum(-1).cpu().numpy()[: len(picked)], top.values[count:]])
     ids = top.ids[: len(final)]
     best = int(np.lexsort((ids, -final))[0])

@@ -329,7 +329,10 @@ class Learner(LearnerBase):
         the candidates when the network has a candidate stage) and the candidate ids or None. ``ordered``: the
         selected ids in document order ``(B, S)``, which a stage with ``candidate_context`` reads."""
         base = network.q_halves(states.unsqueeze(1), chunks, turn=turn)
-        context = SelectedContext.gather(chunks, ordered) if self.config.candidate_context else None
+        context = None
+        if self.config.candidate_context:
+            question = network.adapt_chunks(self.question) if self.config.candidate_question else None
+            context = SelectedContext.gather(chunks, ordered, question)
         return refine(network, states, chunks, base, positions, valid.to(base.device), context)
 
     @torch.no_grad()
@@ -448,9 +451,11 @@ class Learner(LearnerBase):
             context = {"context_index": cat(context_index), "context_features": cat(context_features)}
         return CandidateSets(cat(index), cat(positions), cat(valid), cat(column), features=cat(found), **context)
 
-    def _candidate_q(self, states: torch.Tensor, action_q: torch.Tensor, sets: CandidateSets) -> torch.Tensor:
+    def _candidate_q(self, states: torch.Tensor, action_q: torch.Tensor, sets: CandidateSets,
+                     question: torch.Tensor | None = None) -> torch.Tensor:
         """The final Q halves of each taken action: its base Q plus the stage's correction, scored within the
-        candidate set it was taken from (none where the action was outside its set).
+        candidate set it was taken from (none where the action was outside its set). ``question``: the
+        transitions' question features, which a ``candidate_question`` stage reads.
 
         The other candidates' chunk vectors enter as features without gradient (the chunk adapter learns
         through the actions, as in faithful Q-RAG): that keeps the update's cost near the faithful one.
@@ -466,7 +471,8 @@ class Learner(LearnerBase):
             if sets.context_index is not None:
                 ids = sets.context_index.to(device)
                 selected = self.online.adapt_chunks(sets.context_features.to(device)) * (ids >= 0).unsqueeze(-1)
-                context = SelectedContext(selected, ids)
+                asked = self.online.adapt_chunks(question) if self.config.candidate_question else None
+                context = SelectedContext(selected, ids, asked)
         positions = sets.positions.to(device)
         base = self.online.q_halves(states.unsqueeze(1), chunks, positions)
         delta = candidate_delta(self.online, states, chunks, base, positions, sets.index.to(device), sets.valid.to(device),
@@ -486,5 +492,5 @@ class Learner(LearnerBase):
             chunks = self.online.adapt_chunks(inputs.actions)
         q = self.online.q_halves(states, chunks, batch.positions.to(self.online.device))
         if batch.candidates is not None:
-            q = self._candidate_q(states, q, batch.candidates)
+            q = self._candidate_q(states, q, batch.candidates, None if self.texts else inputs.question)
         return self.regress(q, batch.targets)
