@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qrag_agents.qrag.agent import QRAGAgent
-from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, refine
+from qrag_agents.qrag.candidates import FLOOR_MARGIN, SelectedContext, candidate_delta, refine
 from qrag_agents.qrag.checkpoint import CheckpointError, load_model, save_model
 from qrag_agents.qrag.config import ConfigError, cpu_config
 from qrag_agents.qrag.inference import embed_document, encode_document, step_q_values
@@ -194,6 +194,36 @@ def test_context_stage_depends_on_which_chunks_are_selected() -> None:
         cpu_config(candidate_stage=True, candidate_question=True)
     with pytest.raises(ConfigError, match="candidate_context=true is built for the adapter build"):
         cpu_config(candidate_stage=True, candidate_context=True, finetune_encoder=True)
+
+
+@pytest.mark.parametrize("floor", [False, True])
+def test_floor_keeps_acting_inside_the_candidates(floor: bool) -> None:
+    """A stage that pushes every candidate far down (how a qa3 stage collapsed) sends the argmax outside its
+    candidates; with ``candidate_floor`` each candidate ends just above the best other chunk's base Q, and a
+    candidate already above it keeps its Q."""
+    network = stage_network(3, candidate_floor=floor)
+    with torch.no_grad():
+        network.candidate_stage.out.bias.fill_(-1.0)
+    count, chunks_n = network.config.candidate_count, 20
+    states = torch.nn.functional.normalize(torch.randn(1, network.dim), dim=-1)
+    chunks = torch.nn.functional.normalize(torch.randn(1, chunks_n, network.dim), dim=-1)
+    base = torch.linspace(1.0, 0.0, chunks_n).view(1, -1, 1).expand(-1, -1, 2) / 2  # chunk i: Q 1 - i/19
+    valid = torch.ones(1, chunks_n, dtype=torch.bool)
+    with torch.no_grad():
+        final, ids = refine(network, states, chunks, base.clone(), torch.zeros(1, chunks_n), valid)
+    total, ninth = final[0].sum(-1), float(base[0, count].sum())
+    assert sorted(ids[0].tolist()) == list(range(count))
+    if floor:
+        assert int(total.argmax()) < count and torch.allclose(total[:count], torch.full((count,), ninth + FLOOR_MARGIN))
+        assert torch.equal(total[count:], base[0, count:].sum(-1))  # the others keep their base Q
+        with torch.no_grad():
+            network.candidate_stage.out.bias.fill_(0.0)
+            kept, _ = refine(network, states, chunks, base.clone(), torch.zeros(1, chunks_n), valid)
+        assert torch.equal(kept, base)  # nothing below the floor: nothing lifted
+    else:
+        assert int(total.argmax()) == count  # the best non-candidate wins: the collapse
+    with pytest.raises(ConfigError, match="candidate_floor=true holds"):
+        cpu_config(candidate_floor=True)
 
 
 def test_stage_checkpoint_round_trip(tmp_path, data_dir) -> None:

@@ -32,8 +32,8 @@ def env(small_data_dir) -> gym.Env:
     return env
 
 
-def _network(integer: bool, perturbed: bool, stage: bool = False, context: bool = False) -> QNetwork:
-    config = cpu_config(integer_positions=integer, candidate_stage=stage, candidate_context=context)
+def _network(integer: bool, perturbed: bool, stage: bool = False, context: bool = False, **overrides) -> QNetwork:
+    config = cpu_config(integer_positions=integer, candidate_stage=stage, candidate_context=context, **overrides)
     network = QNetwork(config, shared_embedder("default")).eval()
     if perturbed:  # adapters no longer the identity: a scorer unlike the plain dense retriever
         generator = torch.Generator().manual_seed(1)
@@ -73,14 +73,16 @@ def test_shortlist_matches_full_scan_on_real_episode(env: gym.Env, integer: bool
     follow_full_scan(network, env.unwrapped, chunks, ChunkIndex(chunks.numpy()))
 
 
-@pytest.mark.parametrize("integer, context", [(False, False), (True, False), (False, True)])
-def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, integer: bool, context: bool) -> None:
+@pytest.mark.parametrize("integer, context, floor", [(False, False, False), (True, False, False), (False, True, False),
+                                                     (False, True, True)])
+def test_shortlist_matches_full_scan_with_a_candidate_stage(env: gym.Env, integer: bool, context: bool, floor: bool) -> None:
     """A model with a candidate stage: the certified top ``candidate_count + 1`` of the base Q, the stage's
     correction on the first ``candidate_count``, give the full scan's argmax and max-Q at every step (the
     stage's weights perturbed, so it does overturn base-Q orders), also with fewer valid chunks than candidates;
-    and with a stage that reads the selected chunks (``candidate_context``)."""
+    with a stage that reads the selected chunks (``candidate_context``), and one that also reads the question
+    and holds its candidates above the other chunks (``candidate_question``, ``candidate_floor``)."""
     base = env.unwrapped
-    network = _network(integer, perturbed=True, stage=True, context=context)
+    network = _network(integer, perturbed=True, stage=True, context=context, candidate_question=floor, candidate_floor=floor)
     chunks = embed_document(network, base.chunks)
     index = ChunkIndex(chunks.numpy())
     assert follow_full_scan(network, base, chunks, index)  # the stage changed a choice: the paths can differ

@@ -46,6 +46,20 @@ With ``candidate_context`` an eighth says whether the token is a selected chunk 
 ``candidate_question`` a ninth whether it is the question (1)."""
 
 
+FLOOR_MARGIN = 1e-4
+"""With ``candidate_floor``: how far above the best other chunk's base Q a floored candidate sits (strictly above,
+so the argmax stays among the candidates)."""
+
+
+def floor_lift(final: torch.Tensor, floor: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """What to add to each Q half ``(B, M, 2)`` of candidates whose final Q ``final`` ``(B, M)`` fell below ``floor``
+    ``(B, 1)`` (the best non-candidate's base Q; ``-inf`` where there is none) to put them at ``floor +``
+    :data:`FLOOR_MARGIN`; zero elsewhere and on the padding slots (``real`` false)."""
+    lift = (floor + FLOOR_MARGIN - final).clamp(min=0.0)
+    lift = torch.where(torch.isfinite(floor) & real, lift, torch.zeros_like(lift))
+    return (lift / 2).unsqueeze(-1).expand(-1, -1, 2)
+
+
 @dataclass
 class SelectedContext:
     """The chunks already selected, which a stage with ``candidate_context`` reads beside its candidates.
@@ -204,17 +218,23 @@ def refine(network: "QNetwork", states: torch.Tensor, chunks: torch.Tensor, base
     (:meth:`QNetwork.q_halves`), ``positions`` ``(B, N)`` or None, ``valid`` ``(B, N)`` the available
     chunks. Without a stage the base Q comes back untouched (faithful Q-RAG). With one, the top
     ``candidate_count`` available chunks by base Q get :func:`candidate_delta` added; where fewer are
-    available, the extra slots score a copy of the best one as invalid, which changes nothing.
+    available, the extra slots score a copy of the best one as invalid, which changes nothing. With
+    ``candidate_floor`` no candidate ends below the best other chunk's base Q (:func:`floor_lift`).
     """
     if network.candidate_stage is None:
         return base, None
     count = min(network.config.candidate_count, base.shape[1])
     scores = base.sum(-1).masked_fill(~valid, -math.inf)
-    top = scores.topk(count, dim=1)
-    real = torch.isfinite(top.values)
-    index = torch.where(real, top.indices, top.indices[:, :1])
+    floored = network.config.candidate_floor and base.shape[1] > count
+    ranked = scores.topk(count + int(floored), dim=1)
+    top_values, top_indices = ranked.values[:, :count], ranked.indices[:, :count]
+    real = torch.isfinite(top_values)
+    index = torch.where(real, top_indices, top_indices[:, :1])
     gathered = chunks.gather(1, index.unsqueeze(-1).expand(-1, -1, chunks.shape[-1]))
     pairs = index.unsqueeze(-1).expand(-1, -1, 2)
     where = None if positions is None else positions.gather(1, index)
-    delta = candidate_delta(network, states, gathered, base.gather(1, pairs), where, index, real, context)
+    candidates = base.gather(1, pairs)
+    delta = candidate_delta(network, states, gathered, candidates, where, index, real, context)
+    if floored:
+        delta = delta + floor_lift((candidates + delta).sum(-1), ranked.values[:, count:], real)
     return base.scatter_add(1, pairs, delta), index.masked_fill(~real, -1)

@@ -74,6 +74,13 @@ class QRAGConfig:
     """True (with ``candidate_context``): the question joins the stage's tokens too, embedded by the chunk
     encoder, so a candidate is compared with the question's own words ("before the kitchen": the move *to
     the kitchen*), not only through the state vector, where the question is summed with the selected facts."""
+    candidate_floor: bool = False
+    """True: a candidate's final Q never falls below the best other chunk's base Q (plus
+    :data:`~qrag_agents.qrag.candidates.FLOOR_MARGIN`), so acting and the soft target values stay inside the
+    stage's candidates. Why: without it a qa3 stage can push all its candidates below the ninth chunk (measured:
+    -0.70 on average, seed 43), then acts only outside its candidates, is never trained on them again and stays at
+    success 0; 4 of 7 context-stage runs collapsed so. The update still regresses the unfloored Q, so the stage
+    keeps learning where the floor holds it up."""
     candidate_bound: float = 0.0
     """0: the stage's correction to each Q half is unbounded. Above 0: it is ``bound * tanh(raw / bound)``, so
     the stage can only reorder candidates whose base Q lies within about ``4 * bound`` of each other and never
@@ -169,6 +176,9 @@ class QRAGConfig:
                               "model: it needs candidate_stage=true and finetune_encoder=false")
         if self.candidate_context and self.finetune_encoder:
             raise ConfigError("candidate_context=true is built for the adapter build only: set finetune_encoder=false")
+        if self.candidate_floor and not self.candidate_stage:
+            raise ConfigError("candidate_floor=true holds the stage's candidates above the other chunks: it needs "
+                              "candidate_stage=true")
         if self.candidate_question and not (self.candidate_stage and self.candidate_context):
             raise ConfigError("candidate_question=true adds the question to the stage's context tokens: it needs "
                               "candidate_stage=true and candidate_context=true")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, refine
+from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, floor_lift, refine
 from qrag_agents.qrag.config import QRAGConfig
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, rotate
@@ -234,6 +234,9 @@ def shortlist_step(network: QNetwork, index: ChunkIndex, chunk_embeddings: torch
     delta = candidate_delta(network, state[None], chunk_embeddings[rows][None], base[None],
                             None if rho is None else rho[rows][None], rows[None], real[None],
                             selected_context(network, chunk_embeddings, selected, question, asked))
+    if network.config.candidate_floor and len(top.values) > count:  # as refine: no candidate below the next chunk
+        floor = torch.tensor([[float(top.values[count])]], device=network.device)
+        delta = delta + floor_lift((base[None] + delta).sum(-1), floor, real[None])
     final = np.concatenate([(base + delta[0]).sum(-1).cpu().numpy()[: len(picked)], top.values[count:]])
     ids = top.ids[: len(final)]
     best = int(np.lexsort((ids, -final))[0])

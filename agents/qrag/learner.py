@@ -458,7 +458,9 @@ class Learner(LearnerBase):
         transitions' question features, which a ``candidate_question`` stage reads.
 
         The other candidates' chunk vectors enter as features without gradient (the chunk adapter learns
-        through the actions, as in faithful Q-RAG): that keeps the update's cost near the faithful one.
+        through the actions, as in faithful Q-RAG): that keeps the update's cost near the faithful one. The
+        ``candidate_floor`` is left out here on purpose: a floored candidate's Q would not move with the stage,
+        so the stage could never learn its way back up from below the floor.
         """
         device = self.online.device
         count = sets.index.shape[1]
