@@ -308,6 +308,9 @@ def test_export_records_provenance_in_the_manifest_and_old_configs_still_load(ne
     assert "extra" not in json.loads((shipped / "qa2" / "config.json").read_text())
     with pytest.raises(FileExistsError, match="--overwrite"):
         export(tmp_path / "run" / "best", "qa2", root=shipped)
+    export(tmp_path / "run" / "best", "qa2-stop", root=shipped, q_threshold=0.3)  # a stop chosen on validation
+    assert load_model(shipped / "qa2-stop").config.q_threshold == 0.3
+    assert json.loads((shipped / MANIFEST).read_text())["qa2-stop"]["q_threshold"] == 0.3
     old = json.loads((shipped / "qa2" / "config.json").read_text()) | {"extra": {"exported_from": "somewhere"}}
     (shipped / "qa2" / "config.json").write_text(json.dumps(old))
     assert load_model(shipped / "qa2").config.task == network.config.task
@@ -327,4 +330,8 @@ def test_staged_agent_reads_task_stage_folders_and_says_how_to_train_one(tmp_pat
     save_model(network, tmp_path / "qa3-stage" / "best")
     staged.check_task("qa3")
     assert staged.settings_fingerprint("qa3") != faithful.settings_fingerprint("qa3")
+    before = staged.settings_fingerprint("qa3")
+    config = tmp_path / "qa3-stage" / "best" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"q_threshold": 0.3}))
+    assert staged.settings_fingerprint("qa3") != before  # another stop keeps other chunks: another cell
     assert staged._folder_for("qa3") == tmp_path / "qa3-stage" / "best"

@@ -80,11 +80,14 @@ class QRAGAgent:
             self._folder_for(short_name(task))
 
     def settings_fingerprint(self, task: str) -> str:
-        """A digest of the model weights this agent uses for ``task``: a cell's records depend on them."""
+        """A digest of the model weights and config this agent uses for ``task``: a cell's records depend on both
+        (the config holds the Q-threshold stop, which decides the kept chunks)."""
         if self._given is not None:
             return "network in memory"
         folder = Path(self.model) if self.model else self._folder_for(short_name(task))
-        return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
+        digest = hashlib.sha256((folder / "model.safetensors").read_bytes())
+        digest.update((folder / "config.json").read_bytes())
+        return digest.hexdigest()[:16]
 
     def _network_for(self, task: str) -> QNetwork:
         if self._given is not None:

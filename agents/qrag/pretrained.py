@@ -37,8 +37,12 @@ def pretrained_folder(name: str) -> Path:
     return folder
 
 
-def export(model: Path, name: str, overwrite: bool = False, root: Path = PRETRAINED_DIR) -> Path:
-    """Copy a trained model into the package as float16, recording where it came from."""
+def export(model: Path, name: str, overwrite: bool = False, root: Path = PRETRAINED_DIR,
+           q_threshold: float | None = None) -> Path:
+    """Copy a trained model into the package as float16, recording where it came from. ``q_threshold``: the
+    Q-threshold stop chosen for it on validation stories (the run's own otherwise); the manifest records it."""
+    import dataclasses
+
     import torch
 
     from qrag_agents.qrag.checkpoint import load_model, save_model
@@ -48,10 +52,12 @@ def export(model: Path, name: str, overwrite: bool = False, root: Path = PRETRAI
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists: pass --overwrite to replace the shipped model")
     network = load_model(model)
+    if q_threshold is not None:
+        network.config = dataclasses.replace(network.config, q_threshold=q_threshold)
     save_model(network, target, dtype=torch.float16)
     manifest_path = root / MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    manifest[name] = {"exported_from": str(model)}
+    manifest[name] = {"exported_from": str(model)} | ({} if q_threshold is None else {"q_threshold": q_threshold})
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return target
 
@@ -64,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("model", type=Path)
     out.add_argument("name", help="qa1..qa5, niah, hotpotqa, or <task>-stage for a candidate-stage model")
     out.add_argument("--overwrite", action="store_true")
+    out.add_argument("--q-threshold", type=float, default=None,
+                     help="the Q-threshold stop chosen on validation stories (default: the run's own)")
     args = parser.parse_args(argv)
     if args.command == "list":
         print("\n".join(available()))
         return 0
     try:
-        print(f"wrote {export(args.model, args.name, args.overwrite)}")
+        print(f"wrote {export(args.model, args.name, args.overwrite, q_threshold=args.q_threshold)}")
     except (FileExistsError, FileNotFoundError) as err:
         parser.error(str(err))
     return 0
