@@ -159,7 +159,8 @@ def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Ten
     asked = int(config.candidate_question)  # the question token, after the document: last among the valid tokens
     if asked:
         after = torch.full_like(index[:, :1], torch.iinfo(index.dtype).max - 1)
-        tokens_index, tokens_valid = torch.cat((tokens_index, after), 1), torch.cat((tokens_valid, torch.ones_like(valid[:, :1])), 1)
+        tokens_index = torch.cat((tokens_index, after), 1)
+        tokens_valid = torch.cat((tokens_valid, torch.ones_like(valid[:, :1])), 1)
     # Document-order rank among the valid tokens, in [0, 1]; invalid ones sort last.
     order = tokens_index.masked_fill(~tokens_valid, torch.iinfo(index.dtype).max).argsort(dim=1).argsort(dim=1)
     if config.candidate_context:  # spread over the candidates and the *real* selected chunks (padding varies)
@@ -197,7 +198,8 @@ def candidate_delta(network: "QNetwork", states: torch.Tensor, chunks: torch.Ten
         if asked:
             question = context.question.unsqueeze(1)  # (B, 1, d)
             none = torch.zeros_like(question[..., 0])
-            scalars_q = torch.stack((none, none, none, none, rank[:, stop:], none, none, none, torch.ones_like(none)), dim=-1)
+            scalars_q = torch.stack((none, none, none, none, rank[:, stop:], none, none, none, torch.ones_like(none)),
+                                    dim=-1)
             question_match = states.unsqueeze(1) * question * math.sqrt(question.shape[-1])
             tokens = torch.cat((tokens, torch.cat((question, question_match, scalars_q), dim=-1)), dim=1)
     else:

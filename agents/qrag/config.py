@@ -79,8 +79,8 @@ class QRAGConfig:
     :data:`~qrag_agents.qrag.candidates.FLOOR_MARGIN`), so acting and the soft target values stay inside the
     stage's candidates. Why: without it a qa3 stage can push all its candidates below the ninth chunk (measured:
     -0.70 on average, seed 43), then acts only outside its candidates, is never trained on them again and stays at
-    success 0; 4 of 7 context-stage runs collapsed so. The update still regresses the unfloored Q, so the stage
-    keeps learning where the floor holds it up."""
+    success 0; 4 of 10 unfloored qa3 context-stage runs collapsed so. The update still regresses the unfloored
+    Q, so the stage keeps learning where the floor holds it up."""
     candidate_bound: float = 0.0
     """0: the stage's correction to each Q half is unbounded. Above 0: it is ``bound * tanh(raw / bound)``, so
     the stage can only reorder candidates whose base Q lies within about ``4 * bound`` of each other and never
