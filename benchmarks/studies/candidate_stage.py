@@ -34,7 +34,7 @@
         qa3-g0.8 qa3-g0.8-stagectx qa3-gen2-stageq qa3-gen2-stageqf-s42 qa3-gen2-stageqf-s43 \\
         qa1-floatpos-800 \\
         qa1-cand-800 qa1-faithful qa1-stagebase@qa1-faithful qa1-t2-stage@qa1-faithful qa4-faithful qa4-stagebase \\
-        qa4-stagebase-500 qa4-t2-stage qa5-faithful qa5-stagebase qa5-t2-stage
+        qa4-stagebase-500 qa4-t2-stage qa5-faithful qa5-stagebase qa5-t2-stage qa5-t2c-stage
 
 The baselines (``*-floatpos``) are the faithful runs of ``positions_ablation.md`` (same preset, seed and
 2,000 updates). The fixed rule is the issue's probe: at each of the task's first k steps (k = its number
@@ -103,6 +103,9 @@ adapters.
   `qa3-stage` (chosen here, on validation). All stay below the target.
 - qa1, qa4, qa5 (1,000 updates each): none got worse, qa4's F1 went from 0.78 to 0.97-0.98 (the faithful
   model kept both of a story's two facts). Shipped as `qa1-stage`, `qa4-stage`, `qa5-stage` until the `-t2` runs.
+- `qa5-t2c-stage`: the qa5 pair with both steps stopped by the clock (`--max-minutes 4`, then 5: 869 stage updates,
+  574 s in all on the idle machine, where the `-t2` pair took 602 s and, a second time, 695 s); level with
+  `qa5-t2-stage` and shipped as `qa5-stage` in its place.
 - `-t2-stage` (qa1, qa4, qa5): faithful run and stage each with `--threads 2`, so the pair fits the one-fact tasks'
   10 minutes; their base is that run's own faithful model. At least as good as the one-thread stage on every
   task (qa4 F1 0.995 against 0.971); they ship as `qa1-stage`, `qa4-stage`, `qa5-stage`.
@@ -219,7 +222,10 @@ def row(folder: Path, name: str, reference: str) -> list[str]:
     run = folder / name
     config = json.loads((run / "best" / "config.json").read_text()) if (run / "best").is_dir() else {}
     minutes = train_minutes(run) if run.is_dir() else None
-    updates = config.get("total_updates")
+    from qrag_agents.qrag.checkpoint import load_trainer  # loads torch: only when tabulating runs
+
+    state = load_trainer(run) if run.is_dir() else None  # the updates done: a run stopped by the clock did fewer
+    updates = int(state["updates"]) if state is not None else config.get("total_updates")
     seconds = f"{minutes * 60 / updates:.2f}" if minutes and updates else "–"
     return [name, *cells, "–" if name == reference else paired, str(updates or "–"), seconds]
 
