@@ -129,7 +129,8 @@ class QRAGAgent:
 
 class StagedQRAGAgent(QRAGAgent):
     """Q-RAG with the candidate stage (beyond the paper): the ``<task>-stage`` models, shipped or in
-    ``models_dir`` (``runs/qa2-stage/best``), each a stage trained on a frozen faithful model of its task (the shipped
-    ``<task>`` model; for qa3 one trained on generated stories as well)."""
+    ``models_dir`` (``runs/qa2-stage/best``), each a stage trained on a frozen faithful model of its task (for qa2 the
+    shipped ``qa2``; for qa1, qa4, qa5 the faithful run of the same two-thread pipeline; for qa3 one trained on
+    generated stories as well, and its stage also reads the question and keeps its candidates above the others)."""
 
     suffix = "-stage"
