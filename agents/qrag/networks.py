@@ -15,6 +15,8 @@ each giving its own Q estimate; acting uses their sum. With ``candidate_stage`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -109,35 +111,32 @@ class QNetwork(nn.Module):
         """The frozen features of every chunk of ``episodes``, concatenated ``(sum of sizes, d)`` (adapter
         build): gathered by chunk id from each corpus's feature tables, encoded from the texts for episodes
         without ids (the BABILong release's haystacks)."""
-        sizes = [len(episode.chunks) for episode in episodes]
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        out = np.empty((int(starts[-1]), self.dim), dtype=np.float32)
-        groups: dict[int, list[int]] = {}
-        for row, episode in enumerate(episodes):
-            groups.setdefault(id(episode.corpus), []).append(row)
-        for rows in groups.values():
-            spans = np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows])
-            corpus = episodes[rows[0]].corpus
-            if corpus is None:
-                out[spans] = self._embedder.encode([text for row in rows for text in episodes[row].chunks])
-            else:
-                ids = np.concatenate([episodes[row].chunk_ids for row in rows])
-                out[spans] = corpus_features(corpus, self._embedder).rows(ids)
-        return torch.from_numpy(out).to(self.device)
+        return self._features_by_id(episodes, lambda episode: episode.chunk_ids, lambda episode: episode.chunks)
 
     def question_features(self, episodes: list[Episode]) -> torch.Tensor:
         """The frozen features of each episode's question ``(len(episodes), d)`` (adapter build): gathered by
         question id from its corpus's feature tables, encoded from the text where an episode has no id."""
-        out = np.empty((len(episodes), self.dim), dtype=np.float32)
-        groups: dict[int, list[int]] = {}
+        return self._features_by_id(
+            episodes, lambda episode: None if episode.question_id is None else np.array([episode.question_id]),
+            lambda episode: (episode.question,))
+
+    def _features_by_id(self, episodes: list[Episode], ids_of: Callable[[Episode], np.ndarray | None],
+                        texts_of: Callable[[Episode], Sequence[str]]) -> torch.Tensor:
+        """Frozen features of some texts of each episode, concatenated in episode order: gathered by the corpus ids
+        ``ids_of(episode)`` in one table read per corpus, or encoded from ``texts_of(episode)`` where it has none."""
+        sizes = [len(texts_of(episode)) for episode in episodes]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        out = np.empty((int(starts[-1]), self.dim), dtype=np.float32)
+        groups: dict[int | None, list[int]] = {}
         for row, episode in enumerate(episodes):
-            groups.setdefault(-1 if episode.question_id is None else id(episode.corpus), []).append(row)
+            groups.setdefault(None if ids_of(episode) is None else id(episode.corpus), []).append(row)
         for key, rows in groups.items():
-            if key == -1:
-                out[rows] = self._embedder.encode([episodes[row].question for row in rows])
+            spans = np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows])
+            if key is None:
+                out[spans] = self._embedder.encode([text for row in rows for text in texts_of(episodes[row])])
             else:
-                ids = np.array([episodes[row].question_id for row in rows], dtype=np.int64)
-                out[rows] = corpus_features(episodes[rows[0]].corpus, self._embedder).rows(ids)
+                ids = np.concatenate([ids_of(episodes[row]) for row in rows])
+                out[spans] = corpus_features(episodes[rows[0]].corpus, self._embedder).rows(ids)
         return torch.from_numpy(out).to(self.device)
 
     def adapt_chunks(self, features: torch.Tensor) -> torch.Tensor:
