@@ -140,9 +140,9 @@ def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir,
     count = torch.full((1, 1), len(picked) / config.max_steps)
     ordered_t = torch.from_numpy(ordered)
     with torch.no_grad():
-        states = learner._states(online, (learner.question, summed_selected(learner.features, ordered_t), count))
-        final, ids = learner._q_halves(online, states, learner.chunks[:, :width], online.rotation(rho), rho, valid, ordered_t)
-        base = online.q_halves(states.unsqueeze(1), learner.chunks[:, :width], rho)
+        states, base = learner._base_q(online, (learner.question, summed_selected(learner.features, ordered_t), count),
+                                       learner.chunks[:, :width], online.rotation(rho))
+        final, ids = learner._q_halves(online, states, base, learner.chunks[:, :width], rho, valid, ordered_t)
     assert not torch.allclose(final, base)
     episode = learner.slots.episodes[0]
     acting = step_q_values(online, learner.chunks[0, :width], episode.question, episode.chunks, picked, valid[0].numpy())
@@ -331,6 +331,41 @@ def test_training_on_a_stage_base_changes_only_the_stage(small_data_dir, tmp_pat
     for name, value in base.state_dict().items():
         assert torch.equal(trained.state_dict()[name], value), name
     assert any(float(p.detach().abs().max()) > 0 for p in trained.candidate_stage.out.parameters())
+
+
+def test_frozen_base_learner_shares_the_base_and_plays_as_the_general_path(small_data_dir, single_thread) -> None:
+    """On a frozen base (``stage_base``) the learner adapts each chunk id once and computes E_s and the base Q once
+    for online and target (:class:`FrozenChunkVectors`); it must play and learn what the general path (every
+    episode's chunks adapted by both networks, the base scored twice) plays: the same episodes and draws, the
+    same targets and losses up to float rounding, over the random warm-up and the Boltzmann phase."""
+    config = cpu_config(task="qa3", candidate_stage=True, candidate_context=True, candidate_question=True,
+                        candidate_floor=True, num_envs=8, train_num_sentences=50, random_transitions=32,
+                        warmup_updates=2, full_episode_share=0.25)
+    embedder = shared_embedder("default")
+    learners = []
+    for share in (True, False):
+        torch.manual_seed(3)
+        online, target = QNetwork(config, embedder), QNetwork(config, embedder)
+        with torch.no_grad():  # a trained-looking base and a stage that already corrects
+            for name, parameter in online.named_parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+                parameter.requires_grad_(name.startswith("candidate_stage."))
+        learners.append(Learner(config, make_train_envs(config, str(small_data_dir)), online, target,
+                                share_frozen_base=share))
+    fast, general = learners
+    assert fast.frozen_base and not general.frozen_base and fast.target_chunks is fast.chunks
+    for _ in range(4):
+        fast_batch, general_batch = fast.rollout(), general.rollout()
+        assert fast_batch.episode_success == general_batch.episode_success
+        assert torch.equal(fast_batch.candidates.index, general_batch.candidates.index)
+        assert torch.allclose(fast_batch.targets, general_batch.targets, atol=1e-5)
+        fast_logs, general_logs = fast.update(fast_batch), general.update(general_batch)
+        assert fast_logs["losses/td_loss"] == pytest.approx(general_logs["losses/td_loss"], rel=1e-4, abs=1e-7)
+    assert fast_batch.candidates.adapted and not general_batch.candidates.adapted
+    table = next(iter(fast.frozen_chunks.tables.values()))
+    assert 0 < table[2].sum() < len(table[2])  # ids adapted on first use only
+    for name, value in fast.online.state_dict().items():
+        assert torch.allclose(value, general.online.state_dict()[name], atol=1e-5), name
 
 
 @pytest.mark.parametrize("name", ["qa2", "qa3-stage"])

@@ -98,6 +98,51 @@ def summed_selected(features: torch.Tensor, selected: torch.Tensor) -> torch.Ten
     return total
 
 
+class FrozenChunkVectors:
+    """E_a by corpus id for a chunk adapter that does not train (a candidate stage on a frozen base, ``stage_base``).
+
+    Why: such an adapter maps a chunk to the same vector for the whole run, so each id is adapted once, the first
+    time an episode draws it, and gathered by id afterwards; the rollout then spends nothing per episode on the
+    frozen adapter (it did, twice: online and target, about a third of a qa3 stage's update). One ``(n, d)`` table
+    per corpus (45,758 ids, 70 MB, for qa3's books and stories); episodes of episode-local corpora (NIAH) or
+    without ids (the BABILong release's haystacks) are adapted directly, as before.
+    """
+
+    def __init__(self, network: QNetwork) -> None:
+        self.network = network
+        self.tables: dict[int, tuple[object, torch.Tensor, np.ndarray]] = {}  # id(corpus): (corpus, E_a, filled)
+
+    def vectors(self, episodes: list[Episode], features: torch.Tensor) -> torch.Tensor:
+        """E_a of every chunk of ``episodes`` ``(sum of sizes, d)``; ``features`` are their frozen features, in the
+        same order (:meth:`QNetwork.episode_features`)."""
+        sizes = [len(episode.chunks) for episode in episodes]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        out = torch.empty_like(features)
+        groups: dict[int | None, list[int]] = {}
+        for row, episode in enumerate(episodes):
+            keyed = episode.chunk_ids is not None and not any(table.episode_local for table in episode.corpus.tables)
+            groups.setdefault(id(episode.corpus) if keyed else None, []).append(row)
+        for key, rows in groups.items():
+            spans = torch.from_numpy(np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows]))
+            if key is None:
+                out[spans] = self.network.adapt_chunks(features[spans])
+                continue
+            ids = np.concatenate([episodes[row].chunk_ids for row in rows])
+            corpus = episodes[rows[0]].corpus
+            if key not in self.tables:
+                self.tables[key] = (corpus, torch.zeros(len(corpus), features.shape[1], device=features.device),
+                                    np.zeros(len(corpus), dtype=bool))
+            _, table, filled = self.tables[key]
+            missing, first = np.unique(ids, return_index=True)
+            new = ~filled[missing]
+            if new.any():
+                rows_new = spans[torch.from_numpy(first[new])]
+                table[torch.from_numpy(missing[new])] = self.network.adapt_chunks(features[rows_new])
+                filled[missing[new]] = True
+            out[spans] = table[torch.from_numpy(ids)]
+        return out
+
+
 @dataclass
 class StateInputs:
     """What the update needs to embed the states and actions of ``N`` transitions again, with gradients.
@@ -129,6 +174,7 @@ class CandidateSets:
     valid: torch.Tensor  # (transitions, M) bool
     action_column: torch.Tensor  # where the action sits in its set, -1 when outside, (transitions,)
     features: torch.Tensor | None = None  # frozen chunk features, (transitions, M, d) (adapter build)
+    adapted: bool = False  # features (and context_features) are already E_a: the chunk adapter is frozen
     texts: list[str] | None = None  # chunk texts, (transitions * M) flat (full build)
     context_index: torch.Tensor | None = None  # selected ids in document order, -1 padding, (transitions, S)
     context_features: torch.Tensor | None = None  # their frozen features, (transitions, S, d) (candidate_context)
@@ -258,9 +304,16 @@ class LearnerBase:
 class Learner(LearnerBase):
     """Owns the running episodes (slots) and their rollouts; the optimisation is :class:`LearnerBase`'s."""
 
-    def __init__(self, config: QRAGConfig, envs: list[RetrievalEnv], online: QNetwork, target: QNetwork) -> None:
+    def __init__(self, config: QRAGConfig, envs: list[RetrievalEnv], online: QNetwork, target: QNetwork,
+                 share_frozen_base: bool = True) -> None:
         super().__init__(config, online, target)
         self.texts = config.finetune_encoder  # the full build's encoders read token ids of texts
+        # A stage on a frozen base (stage_base): online and target share every weight but the stage's (the EMA of
+        # equal weights leaves them equal), so E_a, E_s and the base Q are computed once for both, E_a once per id.
+        frozen = online.candidate_stage is not None and not any(
+            parameter.requires_grad for name, parameter in online.named_parameters() if not name.startswith("candidate_stage."))
+        self.frozen_base = share_frozen_base and frozen and not self.texts
+        self.frozen_chunks = FrozenChunkVectors(online) if self.frozen_base else None
         self.slots = EnvSlots(envs)
         size, width, device = self.slots.size, self.slots.max_chunks, online.device
         self.num_chunks = np.zeros(size, dtype=np.int64)
@@ -269,7 +322,8 @@ class Learner(LearnerBase):
         self.episode_return = np.zeros(size)
         dim = online.dim
         self.chunks = torch.zeros(size, width, dim, device=device)  # online E_a at episode start
-        self.target_chunks = torch.zeros(size, width, dim, device=device)  # target E_a at episode start
+        # target E_a at episode start (the same buffer on a frozen base)
+        self.target_chunks = self.chunks if self.frozen_base else torch.zeros(size, width, dim, device=device)
         self.features = None if self.texts else torch.zeros(size, width, dim, device=device)  # frozen, by id
         self.question = None if self.texts else torch.zeros(size, dim, device=device)
         self.slots.reset([config.seed + index for index in range(size)])
@@ -289,7 +343,10 @@ class Learner(LearnerBase):
         else:
             features = self.online.episode_features(episodes)  # by chunk id
             with self._rollout_precision():
-                values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features)]
+                if self.frozen_chunks is not None:
+                    buffers, values = [self.chunks], [self.frozen_chunks.vectors(episodes, features)]
+                else:
+                    values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features)]
             values.append(features)
             buffers.append(self.features)
             self.question[rows] = self.online.question_features(episodes)
@@ -323,12 +380,16 @@ class Learner(LearnerBase):
         """E_s of every slot's state: from texts (full build) or from the three feature tensors (adapter build)."""
         return network.embed_states(*inputs) if self.texts else network.adapt_states(*inputs)
 
-    def _q_halves(self, network: QNetwork, states: torch.Tensor, chunks: torch.Tensor, turn, positions: torch.Tensor,
-                  valid: torch.Tensor, ordered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Final per-half Q of every chunk of every slot ``(B, M, 2)`` (:func:`refine`: the base Q, corrected on
-        the candidates when the network has a candidate stage) and the candidate ids or None. ``ordered``: the
-        selected ids in document order ``(B, S)``, which a stage with ``candidate_context`` reads."""
-        base = network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+    def _base_q(self, network: QNetwork, state_inputs: tuple, chunks: torch.Tensor, turn) -> tuple[torch.Tensor, torch.Tensor]:
+        """E_s of every slot's state and the base Q halves of every chunk ``(B, M, 2)`` under ``network``."""
+        states = self._states(network, state_inputs)
+        return states, network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+
+    def _q_halves(self, network: QNetwork, states: torch.Tensor, base: torch.Tensor, chunks: torch.Tensor,
+                  positions: torch.Tensor, valid: torch.Tensor, ordered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final per-half Q of every chunk of every slot ``(B, M, 2)`` (:func:`refine`: the base Q ``base``,
+        corrected on the candidates when the network has a candidate stage) and the candidate ids or None.
+        ``ordered``: the selected ids in document order ``(B, S)``, which a stage with ``candidate_context`` reads."""
         context = None
         if self.config.candidate_context:
             question = network.adapt_chunks(self.question) if self.config.candidate_question else None
@@ -370,14 +431,18 @@ class Learner(LearnerBase):
                 state_inputs = (self.question, summed, count)
             # Scores come back to the CPU, where the sampling generator and the returns live. The returns read
             # values[1..T] only (the value of the state a transition leads to), so step 0 scores no target.
+            online_base = None
+            if t < steps or self.frozen_base:
+                online_base = self._base_q(self.online, state_inputs, self.chunks[:, :width], turn)
             if t > 0:
-                target_q, _ = self._q_halves(self.target, self._states(self.target, state_inputs),
-                                             self.target_chunks[:, :width], turn, rho_device, valid, ordered_device)
+                target_base = online_base if self.frozen_base else self._base_q(self.target, state_inputs,
+                                                                                 self.target_chunks[:, :width], turn)
+                target_q, _ = self._q_halves(self.target, *target_base, self.target_chunks[:, :width], rho_device, valid,
+                                             ordered_device)
                 values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
             if t == steps:  # the bootstrap state needs only its target value
                 break
-            online_states = self._states(self.online, state_inputs)
-            online_q, candidates = self._q_halves(self.online, online_states, self.chunks[:, :width], turn, rho_device, valid,
+            online_q, candidates = self._q_halves(self.online, *online_base, self.chunks[:, :width], rho_device, valid,
                                                   ordered_device)
             online_q = online_q.cpu()
             if random_phase:
@@ -428,15 +493,16 @@ class Learner(LearnerBase):
         index = torch.where(real, index, index[:, :1])
         hits = (index == chosen.unsqueeze(1)) & real
         column = torch.where(hits.any(1), hits.int().argmax(1), torch.full_like(chosen, -1))
+        # On a frozen base the sets keep E_a (the update would adapt the same features to the same vectors).
+        vectors = self.chunks if self.frozen_base else self.features
         if self.texts:
             episodes = self.slots.episodes
             found = [episodes[row].chunks[i] for row, ids in enumerate(index.tolist()) for i in ids]
         else:
-            device = self.features.device
-            found = self.features.gather(1, index.to(device).unsqueeze(-1).expand(-1, -1, self.features.shape[-1]))
+            found = vectors.gather(1, index.to(vectors.device).unsqueeze(-1).expand(-1, -1, vectors.shape[-1]))
         context = (None, None)
         if self.config.candidate_context:
-            context = (ordered.cpu(), SelectedContext.gather(self.features, ordered).chunks)
+            context = (ordered.cpu(), SelectedContext.gather(vectors, ordered).chunks)
         return index, rho.gather(1, index), real, column, found, *context
 
     def _candidate_sets(self, sets: list[tuple]) -> CandidateSets:
@@ -449,7 +515,8 @@ class Learner(LearnerBase):
         context = {}
         if self.config.candidate_context:
             context = {"context_index": cat(context_index), "context_features": cat(context_features)}
-        return CandidateSets(cat(index), cat(positions), cat(valid), cat(column), features=cat(found), **context)
+        return CandidateSets(cat(index), cat(positions), cat(valid), cat(column), features=cat(found),
+                             adapted=self.frozen_base, **context)
 
     def _candidate_q(self, states: torch.Tensor, action_q: torch.Tensor, sets: CandidateSets,
                      question: torch.Tensor | None = None) -> torch.Tensor:
@@ -468,11 +535,14 @@ class Learner(LearnerBase):
         with torch.no_grad():
             if self.texts:
                 chunks = self.online.embed_chunks(sets.texts).view(len(states), count, -1)
+            elif sets.adapted:
+                chunks = sets.features.to(device)
             else:
                 chunks = self.online.adapt_chunks(sets.features.reshape(-1, sets.features.shape[-1])).view(len(states), count, -1)
             if sets.context_index is not None:
                 ids = sets.context_index.to(device)
-                selected = self.online.adapt_chunks(sets.context_features.to(device)) * (ids >= 0).unsqueeze(-1)
+                selected = sets.context_features.to(device)
+                selected = (selected if sets.adapted else self.online.adapt_chunks(selected)) * (ids >= 0).unsqueeze(-1)
                 asked = self.online.adapt_chunks(question) if self.config.candidate_question else None
                 context = SelectedContext(selected, ids, asked)
         positions = sets.positions.to(device)

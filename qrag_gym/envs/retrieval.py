@@ -16,7 +16,7 @@ from gymnasium import spaces
 
 from qrag_gym.embedding import TextEmbedder, shared_embedder
 from qrag_gym.models import load_tokenizer
-from qrag_gym.envs.text_space import QuestionText
+from qrag_gym.envs.text_space import question_text
 from qrag_gym.features import SCORE_BLOCK, corpus_features
 from qrag_gym.validation import MAX_CHUNKS, finite_float, flag, positive_int
 from qrag_gym.episode import Episode
@@ -119,7 +119,7 @@ class RetrievalEnv(gym.Env, ABC):
         self.action_space = spaces.Discrete(self.max_chunks)
         self.observation_space = spaces.Dict(
             {
-                "question": QuestionText(QUESTION_MAX_CHARS, charset=TEXT_CHARSET),  # async-vector safe
+                "question": question_text(QUESTION_MAX_CHARS, TEXT_CHARSET),  # async-vector safe
                 "selected": spaces.Box(-1, self.max_chunks - 1, shape=(self.max_steps,), dtype=np.int64),
                 "action_mask": spaces.MultiBinary(self.max_chunks),
             }

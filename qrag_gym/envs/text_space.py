@@ -11,6 +11,8 @@ copies its observations (its default ``copy=True``). Everything else is ``Text``
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +30,28 @@ class QuestionText(spaces.Text):
 
     def __repr__(self) -> str:
         return f"Text({self.min_length}, {self.max_length}, charset=<{len(self.character_set):,} characters>)"
+
+    def __deepcopy__(self, memo: dict) -> QuestionText:
+        """A copy with its own random generator that shares the character tables, which no method changes.
+
+        Why: Gymnasium's ``batch_space`` deep-copies a ``Text`` space once per sub-env; copying ~63,500
+        characters three ways took 0.3 s per copy, 20 s for the learner's 64 training slots.
+        """
+        twin = copy.copy(self)
+        memo[id(self)] = twin
+        twin._np_random = copy.deepcopy(self._np_random, memo)
+        return twin
+
+
+@functools.lru_cache(maxsize=8)
+def _question_text_prototype(max_length: int, charset: str) -> QuestionText:
+    return QuestionText(max_length, charset=charset)
+
+
+def question_text(max_length: int, charset: str) -> QuestionText:
+    """A new :class:`QuestionText` (its own generator), copied from one built per process: building the
+    character tables anew cost 40 ms per env."""
+    return copy.deepcopy(_question_text_prototype(max_length, charset))
 
 
 class LiveTexts(Sequence):
