@@ -23,8 +23,8 @@ class Episode:
     ``chunk_ids`` (with the ``corpus`` they index) name each chunk by id: features and token counts are
     then gathered by id (:mod:`qrag_gym.features`). BABILong's books and story facts and HotpotQA's paragraphs
     are fixed tables; NIAH's essay haystack keeps the books' ids and the texts an episode makes (needles,
-    generated haystacks) get ids in an episode-local table. They are None only for the BABILong release's
-    haystacks (and episodes built by hand without them). ``question_id`` names the question the same way
+    generated haystacks) get ids in an episode-local table; each BABILong release file is a corpus of its distinct
+    sentences and questions. They are None only for episodes built by hand without them. ``question_id`` names the question the same way
     (BABILong's and HotpotQA's question tables, NIAH's episode-local table), so an agent's question features
     are gathered by id too. Equality compares the texts, not the ids.
     """

@@ -25,6 +25,9 @@ from qrag_gym.data.babilong_release import (LENGTHS, REPO_ID, UnmatchedSampleErr
                                             match_row, ReleaseRow, Unmatched)
 from qrag_gym.data.noise import split_sentences
 from qrag_gym.data_cli import main
+from qrag_gym.embedding import shared_embedder
+from qrag_gym.features import corpus_features
+from qrag_gym.models import count_tokens, length_tokenizer
 
 TASK, LENGTH = "qa2", "4k"
 PICKS = (0, 7, 42, 130)
@@ -71,17 +74,51 @@ def test_release_env_recovers_the_gold_facts(release: tuple[Path, list[BabiSampl
     check_env(env.unwrapped, skip_render_check=True)
     base = env.unwrapped
     assert base.num_questions == len(picks) and not base.release.unmatched
-    assert base.corpus is None  # the release's haystacks are read per episode: no corpus of ids
     for index, gold in enumerate(picks):
         _, info = env.reset(seed=index, options={"question_index": index})
         chunks = base.chunks
-        assert base.episode.chunk_ids is None
+        assert base.episode.corpus is base.corpus and base.corpus.texts(base.episode.chunk_ids) == chunks
+        assert base.corpus.texts(np.array([base.episode.question_id]))[0] == gold.question
+        assert info["num_tokens"] == int(count_tokens(length_tokenizer(), list(chunks)).sum())
         assert info["supporting_ids"] == _gold_ids(chunks, gold)
         assert sorted(chunks[i] for i in info["supporting_ids"]) == sorted(gold.facts[j] for j in gold.supporting)
         assert (info["question"], info["answer"], info["source"], info["split"]) == (
             gold.question, gold.answer, "babilong-release", "test")
         assert info["release_index"] == index and info["num_tokens"] > 0
         assert len(chunks) > 40  # the book sentences are chunks too, not one blob
+    env.close()
+
+
+def test_a_release_file_is_one_corpus_of_distinct_sentences(data_dir: Path, tmp_path: Path) -> None:
+    """Two haystacks hiding different stories among the *same* book sentences: each sentence has one id in the file's
+    corpus, both episodes' ids name their own chunks, and features gathered by id are the encoder's features of the
+    texts, bit for bit."""
+    (tmp_path / "babi").mkdir()
+    (tmp_path / "babi" / "en-10k").symlink_to(data_dir / "babi" / "en-10k")
+    tests = load_babi_task(data_dir / "babi" / "en-10k", TASK, "test")
+    shared, rng = _noise(data_dir)[:30], np.random.default_rng(5)
+    rows = [{"input": _haystack(tests[i], shared, rng, " "), "question": tests[i].question, "target": tests[i].answer}
+            for i in (3, 50)]
+    path = tmp_path / "babilong" / "data" / TASK / f"{LENGTH}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    env = gym.make("QRAG-Babilong-v0", task=TASK, source="babilong", release_length=LENGTH, data_dir=str(tmp_path)).unwrapped
+    episodes = []
+    for index in range(2):
+        env.reset(options={"question_index": index})
+        episodes.append(env.episode)
+    corpus = env.corpus
+    sentences = corpus.tables[0]
+    assert len(set(sentences.texts)) == len(sentences)  # distinct texts only
+    id_of = {(text, int(i)) for episode in episodes for text, i in zip(episode.chunks, episode.chunk_ids.tolist())}
+    assert len(id_of) == len({text for text, _ in id_of})  # one id per text, across the file's episodes
+    both = set(episodes[0].chunks) & set(episodes[1].chunks)
+    assert len(both) >= 20  # most of the shared book sentences come out as the same sentences in both haystacks
+    embedder = shared_embedder("default")
+    for episode in episodes:
+        assert corpus.texts(episode.chunk_ids) == episode.chunks
+        by_id = corpus_features(corpus, embedder).rows(episode.chunk_ids)
+        assert np.array_equal(by_id, embedder.encode(list(episode.chunks)))
     env.close()
 
 

@@ -14,6 +14,10 @@ gathered by id, so neither the rollout nor the update touches a text after an ep
 fine-tune build (``finetune_encoder``, the GPU path) reads token ids of the state's text, so for it the
 rollout also keeps each transition's texts and the update encodes them (slower, as before).
 
+A candidate stage trained on a frozen base (``stage_base``) shares that base between the online and target
+networks: each chunk id is adapted once per run (:class:`FrozenChunkVectors`) and E_s and the base Q are computed
+once per step for both (``benchmarks/studies/results/frozen_base_speed_qa3.md``).
+
 It plays exactly what the previous, per-episode learner played for the same seed (same episodes, same
 draws from the same generator, same features in the same order): ``tests/test_learner.py`` holds the two
 together update for update (the previous learner is kept, frozen, as the baseline of
@@ -105,7 +109,7 @@ class FrozenChunkVectors:
     time an episode draws it, and gathered by id afterwards; the rollout then spends nothing per episode on the
     frozen adapter (it did, twice: online and target, about a third of a qa3 stage's update). One ``(n, d)`` table
     per corpus (45,758 ids, 70 MB, for qa3's books and stories); episodes of episode-local corpora (NIAH) or
-    without ids (the BABILong release's haystacks) are adapted directly, as before.
+    without ids (built by hand) are adapted directly, as before.
     """
 
     def __init__(self, network: QNetwork) -> None:

@@ -110,7 +110,7 @@ class QNetwork(nn.Module):
     def episode_features(self, episodes: list[Episode]) -> torch.Tensor:
         """The frozen features of every chunk of ``episodes``, concatenated ``(sum of sizes, d)`` (adapter
         build): gathered by chunk id from each corpus's feature tables, encoded from the texts for episodes
-        without ids (the BABILong release's haystacks)."""
+        without ids (built by hand)."""
         return self._features_by_id(episodes, lambda episode: episode.chunk_ids, lambda episode: episode.chunks)
 
     def question_features(self, episodes: list[Episode]) -> torch.Tensor:

@@ -26,6 +26,10 @@ with no fitting or an ambiguous candidate is unmatched: skipped and counted (or 
 Chunks: every located fact is one chunk (its exact text); the text between facts is cut into sentences
 with :func:`~qrag_gym.data.noise.split_sentences`, as the book noise of the assembled env is, after a
 space is put back where a sentence end is glued to the next sentence (:func:`split_noise`).
+
+Ids: a file's distinct chunk texts and distinct questions are two tables of one :class:`~qrag_gym.corpus.Corpus`
+(:meth:`ReleaseSet.corpus`), so a release episode carries ``chunk_ids`` and a ``question_id`` like every other
+BABILong episode, and its features are gathered by id from that file's feature tables (:mod:`qrag_gym.features`).
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ import json
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from qrag_gym.data.babi import BabiSample, check_task, load_babi_task
 from qrag_gym.data.noise import split_sentences
 from qrag_gym.data.paths import candidate_data_dirs, find_data_subdir
 from qrag_gym.data.sources import BABI_DIR
+from qrag_gym.corpus import Corpus, TextTable
 from qrag_gym.episode import Episode
 
 REPO_ID = "RMT-team/babilong"
@@ -213,6 +221,15 @@ def build_episode(row: ReleaseRow, match: Matched, task: str, length: str, num_t
     )
 
 
+@dataclass(frozen=True)
+class ReleaseIds:
+    """A release file's corpus and, per matched sample (file order), its chunks' ids and its question's id."""
+
+    corpus: Corpus
+    chunk_ids: tuple[np.ndarray, ...]
+    question_ids: np.ndarray
+
+
 @dataclass
 class ReleaseSet:
     """The matched samples of one release file and the ones left out, in file order."""
@@ -223,18 +240,44 @@ class ReleaseSet:
     rows: list[ReleaseRow]
     matched: list[Matched]
     unmatched: list[Unmatched] = field(default_factory=list)
-    _max_chunks: int | None = field(default=None, repr=False)
+    _ids: ReleaseIds | None = field(default=None, repr=False)
 
     def episode(self, position: int, num_tokens: int = 0) -> Episode:
-        """Episode of the ``position``-th matched sample (file order)."""
+        """Episode of the ``position``-th matched sample (file order), with its ids once :meth:`corpus` was built."""
         match = self.matched[position]
-        return build_episode(self.rows[match.index], match, self.task, self.length, num_tokens)
+        episode = build_episode(self.rows[match.index], match, self.task, self.length, num_tokens)
+        if self._ids is None:
+            return episode
+        return replace(episode, chunk_ids=self._ids.chunk_ids[position], corpus=self._ids.corpus,
+                       question_id=int(self._ids.question_ids[position]))
+
+    def corpus(self, count: Callable[[Sequence[str]], np.ndarray]) -> Corpus:
+        """The file's corpus: its distinct chunk texts (first seen first, walking the samples in file order), then its
+        distinct questions; ``count`` gives token counts of texts (the env's length tokenizer). Built once per file.
+
+        Why: the same book sentence recurs across a file's haystacks; by id its features are encoded once and
+        gathered afterwards, like the assembled env's books, instead of being looked up by text per episode.
+        """
+        if self._ids is None:
+            text_id: dict[str, int] = {}
+            chunk_ids = []
+            for position in range(len(self.matched)):
+                chunks = self.episode(position).chunks
+                chunk_ids.append(np.fromiter((text_id.setdefault(text, len(text_id)) for text in chunks), dtype=np.int64,
+                                             count=len(chunks)))
+            questions = sorted({self.rows[match.index].question.strip() for match in self.matched})
+            question_id = {question: len(text_id) + index for index, question in enumerate(questions)}
+            texts = list(text_id)
+            corpus = Corpus((TextTable.of(texts, count(texts)), TextTable.of(questions, count(questions))))
+            ids = np.array([question_id[self.rows[match.index].question.strip()] for match in self.matched], dtype=np.int64)
+            self._ids = ReleaseIds(corpus, tuple(chunk_ids), ids)
+        return self._ids.corpus
 
     def max_chunks(self) -> int:
-        """Chunks of the longest matched document (the env's action space), computed once per file."""
-        if self._max_chunks is None:
-            self._max_chunks = max((len(self.episode(i).chunks) for i in range(len(self.matched))), default=0)
-        return self._max_chunks
+        """Chunks of the longest matched document (the env's action space); needs :meth:`corpus` built."""
+        if self._ids is None:
+            raise RuntimeError("ReleaseSet.max_chunks() reads the ids: build them first with corpus(count)")
+        return max((len(ids) for ids in self._ids.chunk_ids), default=0)
 
     def summary(self) -> str:
         """One line per file, plus a line per unmatched sample (they are few; every one is shown)."""

@@ -318,7 +318,9 @@ class BabilongEnv(QuestionSetEnv):
         self.release = cached_release(task, self.release_length, data_dir)
         if not self.release.matched:
             raise ValueError(f"no usable samples in the BABILong release file:\n{self.release.summary()}")
-        self._release_tokens: dict[int, int] = {}
+        tokenizer = self._tokenizer
+        self._release_corpus = self.release.corpus(lambda texts: cached_token_counts(
+            texts, tokenizer.name_or_path, lambda missing: count_tokens(tokenizer, missing)))
         longest = self.release.max_chunks()
         if max_chunks is not None and max_chunks < longest:
             raise ValueError(f"max_chunks={max_chunks} is below the {longest} chunks of the longest release document "
@@ -326,13 +328,11 @@ class BabilongEnv(QuestionSetEnv):
         self.max_chunks = max_chunks if max_chunks is not None else longest
 
     def _release_episode(self, position: int) -> Episode:
-        """The release sample's episode; its tokens (the length tokenizer) are counted once and remembered, the
-        chunks are rebuilt per reset so that an env never holds every long haystack at once."""
+        """The release sample's episode, with its ids; its length is summed from the corpus's token counts by id.
+        The chunks are rebuilt per reset so that an env never holds every long haystack's chunk list at once."""
         assert self.release is not None
         episode = self.release.episode(position)
-        if position not in self._release_tokens:
-            self._release_tokens[position] = int(count_tokens(self._tokenizer, list(episode.chunks)).sum())
-        return replace(episode, num_tokens=self._release_tokens[position])
+        return replace(episode, num_tokens=int(self._release_corpus.tokens(episode.chunk_ids).sum()))
 
     @property
     def num_questions(self) -> int:
@@ -345,9 +345,10 @@ class BabilongEnv(QuestionSetEnv):
         return len(self._source.samples)
 
     @property
-    def corpus(self) -> Corpus | None:
-        """The ids every episode's ``chunk_ids`` index (books, then story facts); None for ``source="babilong"``."""
-        return None if self.release is not None else self._source.corpus
+    def corpus(self) -> Corpus:
+        """The ids every episode's ``chunk_ids`` index: books, story facts and questions; for ``source="babilong"``
+        the release file's distinct chunk texts and questions."""
+        return self._release_corpus if self.release is not None else self._source.corpus
 
     def _episode_for_question(self, index: int) -> Episode:
         if self.release is not None:
