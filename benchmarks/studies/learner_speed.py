@@ -103,21 +103,31 @@ def measure(task: str, rounds: int, updates: int, warmup: int, data_dir: str | N
     return entry
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_out_argument(parser, STUDY_RESULTS)
-    parser.add_argument("--tasks", nargs="+", default=["qa2", "qa3"])
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rounds``, ``--updates``, ``--warmup`` and ``--data-dir``, as every learner timing study takes them."""
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--updates", type=int, default=5, help="timed updates per learner per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates per learner first")
     parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
-    claim_outputs(parser, args, "learner_speed.json", "learner_speed.md")
+
+
+def check_timing_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse rounds or timed updates below 1 and a negative warm-up, naming the argument."""
     for name in ("rounds", "updates"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be at least 0, got {args.warmup}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(parser, STUDY_RESULTS)
+    parser.add_argument("--tasks", nargs="+", default=["qa2", "qa3"])
+    add_timing_arguments(parser)
+    args = parser.parse_args()
+    claim_outputs(parser, args, "learner_speed.json", "learner_speed.md")
+    check_timing_arguments(parser, args)
     torch.set_num_threads(1)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     results: dict[str, Any] = {"rounds": args.rounds, "updates_per_round": args.updates, "warmup": args.warmup,

@@ -39,7 +39,9 @@ class QuestionText(spaces.Text):
         """
         twin = copy.copy(self)
         memo[id(self)] = twin
-        twin._np_random = copy.deepcopy(self._np_random, memo)
+        # The base constructor gives the twin a copy of this space's generator (seeding this one lazily first, as a
+        # sample would): the one public way to set a space's generator.
+        spaces.Space.__init__(twin, dtype=self.dtype, seed=copy.deepcopy(self.np_random, memo))
         return twin
 
 
