@@ -21,6 +21,12 @@
     qrag-train --task qa3 --out runs/ablation/qa3-gen2-stageqf-s42 --updates 2000 --threads 1 --set candidate_stage=true \\
         candidate_context=true candidate_question=true candidate_floor=true stage_base=runs/ablation/qa3-gen2/best \\
         train_source=real+generated seed=42
+    # -stageqf-3000: the same, 3,000 updates with the frozen-base learner path (runs/pipeline/qa3-stage3000, idle);
+    # -stageqf-3500-s42/-s43: 3,500 updates stopped by the clock at 20 minutes (3,263 and 3,229 updates; the two ran
+    # side by side, one thread each):
+    qrag-train --task qa3 --out runs/s17/qa3-stage3500-s42 --updates 3500 --max-minutes 20 --threads 1 \\
+        --set candidate_stage=true candidate_context=true candidate_question=true candidate_floor=true \\
+        stage_base=runs/pipeline/qa3-gen/best train_source=real+generated seed=42
     # qa1/qa4/qa5-t2-stage: both runs on the 2 cores, within the one-fact tasks' 10 minutes (run folders linked
     # into runs/ablation; qa1, qa5 the same):
     qrag-train --task qa4 --out runs/pipeline/qa4-t2 --max-minutes 10 --updates 1000 --threads 2
@@ -32,7 +38,7 @@
         qa2-cand qa2-stagebase qa2-stagebase-b01 qa3-floatpos qa3-floatpos-latest qa3-cand qa3-stagebase \\
         qa3-stagebase-c16 qa3-stagebase-ctx qa3-stagebase-ctx16 qa3-gen2 qa3-gen2-stagectx qa3-gen2-stagectx16 \\
         qa3-g0.8 qa3-g0.8-stagectx qa3-gen2-stageq qa3-gen2-stageqf-s42 qa3-gen2-stageqf-s43 \\
-        qa1-floatpos-800 \\
+        qa3-gen2-stageqf-3000 qa3-gen2-stageqf-3500-s42 qa3-gen2-stageqf-3500-s43 qa1-floatpos-800 \\
         qa1-cand-800 qa1-faithful qa1-stagebase@qa1-faithful qa1-t2-stage@qa1-faithful qa4-faithful qa4-stagebase \\
         qa4-stagebase-500 qa4-t2-stage qa5-faithful qa5-stagebase qa5-t2-stage qa5-t2c-stage
 
@@ -140,6 +146,18 @@ costs only 1 - gamma of the return: the 4th pick still completes the episode wit
   0.899 at 1K and 0.888 / 0.953 / 0.895 at 4K. It ships as `qa3-stage` (chosen here, on validation; seed 42 is the
   preset's seed). The two seeds differ by 0.06 success@k: one run per setting does not separate settings closer
   than that.
+
+Fourth round: a longer stage. The frozen-base learner path (each chunk id adapted once, the base Q computed once for
+online and target: `frozen_base_speed_qa3.md`) made a stage update cheaper, so the stage of `-stageqf` got more
+updates in the same 30 minutes. Its validation curve (200 episodes every 100 updates) had still been rising at
+update 2,000.
+- `-stageqf-3500-s42` and `-s43`: `--updates 3500 --max-minutes 20` (the learning rate decays over 3,500 updates;
+  the clock stopped them at 3,263 and 3,229). Both seeds at 0.97 success@k, F1 0.98-0.99 and answer accuracy
+  0.97-0.98 at 1K and 4K: +0.08 success@k over `-stageqf-s42`, and the two seeds agree. `-s42` ships as
+  `qa3-stage` (best checkpoint: update 3,200); with the base's 552 s, 552 + 1,212 = 1,764 s.
+- `-stageqf-3000`: `--updates 3000` (decay over 3,000), timed alone on the idle machine (1,160 s, 1,712 s with the
+  base): 0.934 / 0.974 / 0.949 at 1K, between the two. One run per schedule: the 3,500 schedule's lead over it
+  (+0.04) is one seed's draw against two.
 """
 
 SUPPORTING_FACTS = {"qa1": 1, "qa2": 2, "qa3": 3, "qa4": 1, "qa5": 1}
