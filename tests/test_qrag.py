@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -17,6 +18,7 @@ from qrag_agents.qrag.evaluate import main as evaluate_main
 from qrag_agents.qrag.inference import keep_until_threshold
 from qrag_agents.qrag.learner import lambda_returns, soft_value
 from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.pretrained import pretrained_folder
 from qrag_agents.qrag.rotary import relative_positions, rotary_frequencies, rotate
 from qrag_benchmarks.report import load_records
 from qrag_benchmarks.run import main as bench_main
@@ -158,6 +160,23 @@ def test_preset_config_layers_preset_task_tuning_and_user_values() -> None:
     assert (qa2.per_fact_reward, qa2.full_episode_share, qa2.gamma, qa2.candidate_stage) == (0.1, 1.0, 0.99, False)
     assert preset_config("paper/qa1", {}).gamma == 0.99  # the paper preset keeps the paper's values
     assert preset_config("cpu/niah:all", {}).positions == "none"
+
+
+def test_the_stage_preset_is_how_every_shipped_stage_model_was_trained() -> None:
+    """``cpu-stage/<task>`` with only ``stage_base`` given is the config of the shipped ``<task>-stage``, field for field
+    (the base's path aside); without a base it is refused, since a stage trained with its base fails at 1M-10M."""
+    for task in ("qa1", "qa2", "qa3", "qa4", "qa5"):
+        shipped = json.loads((pretrained_folder(f"{task}-stage") / "config.json").read_text())
+        config = preset_config(f"cpu-stage/{task}", {"stage_base": shipped["stage_base"]})
+        made = dataclasses.asdict(config)
+        differ = {key: (value, made[key]) for key, value in shipped.items()
+                  if key != "preset" and made[key] != (tuple(value) if isinstance(value, list) else value)}
+        assert differ == {}, task
+        assert preset_changes(config) == {}  # the base is what the preset asks for, not a change
+    with pytest.raises(ConfigError, match="--set stage_base=runs/qa3/best"):
+        preset_config("cpu-stage/qa3")
+    with pytest.raises(ConfigError, match="tuned for qa1"):
+        preset_config("cpu-stage/hotpotqa", {"stage_base": "runs/hotpotqa/best"})
 
 
 def test_a_run_records_its_preset_and_what_was_changed_from_it() -> None:

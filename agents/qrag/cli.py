@@ -3,6 +3,7 @@
     qrag-train --task qa2 --out runs/qa2 --max-minutes 30
     qrag-train --task niah:all --out runs/niah --max-minutes 10     # one model for the eight RULER variants
     qrag-train --task hotpotqa --out runs/hotpotqa --max-minutes 20
+    qrag-train --task qa2 --preset cpu-stage --out runs/qa2-stage --set stage_base=runs/qa2/best   # beyond the paper
 
 writes ``runs/qa2/model`` (last), ``runs/qa2/best`` (best validation success@k), TensorBoard event
 files, and ``trainer_state.pt`` every ``checkpoint_every`` updates; ``--resume`` continues from it.
@@ -23,9 +24,10 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qrag-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="qa1",
                         help="qa1..qa5, niah:<variant> or niah:all (RULER, trained at 4K tokens), or hotpotqa")
-    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
-                        help="cpu: frozen MiniLM + adapters (default); paper: full fine-tuning of contriever (GPU); "
-                             "the run starts from the named preset PRESET/TASK (e.g. cpu/qa2)")
+    parser.add_argument("--preset", choices=("cpu", "cpu-stage", "paper"), default="cpu",
+                        help="cpu: frozen MiniLM + adapters (default); cpu-stage: the candidate stage (beyond the paper) "
+                             "on a frozen cpu model, given with --set stage_base=RUN/best; paper: full fine-tuning of "
+                             "contriever (GPU); the run starts from the named preset PRESET/TASK (e.g. cpu/qa2)")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--updates", type=int, help="total optimiser updates (overrides the preset)")
     parser.add_argument("--max-minutes", type=float, help="stop after this much wall time")

@@ -276,6 +276,21 @@ model (``stage_base``), shipped as the ``<task>-stage`` models (benchmarks/studi
 stage_frozen_base_test_<task>.md)."""
 
 
+STAGE_TASK_TUNING: dict[str, dict[str, Any]] = {
+    "qa1": {"total_updates": 1000},
+    "qa2": {"total_updates": 2000},
+    "qa3": {"candidate_context": True, "candidate_question": True, "candidate_floor": True,
+            "train_source": "real+generated", "total_updates": 3500},
+    "qa4": {"total_updates": 1000},
+    "qa5": {"total_updates": 1000},
+}
+"""The ``cpu-stage`` preset: the candidate stage (beyond the paper) on a frozen faithful model, per task, as the
+shipped ``<task>-stage`` models were trained (each chosen on the validation stories,
+benchmarks/studies/results/candidate_stage.md); it adds to the ``cpu`` preset of the task. qa3's stage also reads
+the selected chunks and the question, keeps its candidates above the other chunks and trains on real plus generated
+stories (its base too: ``--set train_source=real+generated`` on the ``cpu`` preset)."""
+
+
 def cpu_task_tuning(task: str) -> dict[str, Any]:
     """The :data:`CPU_TASK_TUNING` entry of ``task`` (empty for tasks without one)."""
     return dict(CPU_TASK_TUNING.get(task, {}))
@@ -312,8 +327,9 @@ def cpu_config(**overrides: Any) -> QRAGConfig:
     return QRAGConfig.from_dict(values)
 
 
-PRESET_BASES = ("cpu", "paper")
-"""``cpu``: :func:`cpu_config` with :data:`CPU_TASK_TUNING`; ``paper``: the paper's values (GPU)."""
+PRESET_BASES = ("cpu", "cpu-stage", "paper")
+"""``cpu``: :func:`cpu_config` with :data:`CPU_TASK_TUNING`; ``cpu-stage``: that plus :data:`STAGE_TASK_TUNING`, a
+candidate stage trained on a frozen faithful model given as ``stage_base``; ``paper``: the paper's values (GPU)."""
 
 
 def preset_config(name: str, overrides: dict[str, Any] | None = None, updates: int | None = None) -> QRAGConfig:
@@ -329,13 +345,20 @@ def preset_config(name: str, overrides: dict[str, Any] | None = None, updates: i
     except ValueError as err:
         raise ConfigError(f"preset {name!r}: {err}") from None
     values: dict[str, Any] = {"task": task, **task_settings(task)}
-    if base == "cpu":
+    if base.startswith("cpu"):
         values.update(cpu_task_tuning(task))
+    if base == "cpu-stage":
+        if task not in STAGE_TASK_TUNING:
+            raise ConfigError(f"preset {name!r}: the candidate stage is tuned for {', '.join(STAGE_TASK_TUNING)} only")
+        if not (overrides or {}).get("stage_base"):
+            raise ConfigError(f"preset {name!r} trains a candidate stage on a frozen faithful model: give it with "
+                              f"--set stage_base=runs/{task}/best (a model trained with the cpu preset)")
+        values.update({"candidate_stage": True, **STAGE_TASK_TUNING[task]})
     values.update(overrides or {})
     if updates is not None:
         values["total_updates"] = updates
     values["preset"] = name
-    return cpu_config(**values) if base == "cpu" else QRAGConfig.from_dict(values)
+    return cpu_config(**values) if base.startswith("cpu") else QRAGConfig.from_dict(values)
 
 
 def preset_changes(config: QRAGConfig) -> dict[str, Any]:
@@ -343,5 +366,6 @@ def preset_changes(config: QRAGConfig) -> dict[str, Any]:
     empty for a config built by hand, which has no preset to differ from."""
     if not config.preset:
         return {}
-    reference = dataclasses.asdict(preset_config(config.preset))
+    base = {"stage_base": config.stage_base} if config.preset.startswith("cpu-stage/") else None  # the preset needs one
+    reference = dataclasses.asdict(preset_config(config.preset, base))
     return {key: value for key, value in dataclasses.asdict(config).items() if reference[key] != value}
