@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -331,6 +333,12 @@ def test_training_on_a_stage_base_changes_only_the_stage(small_data_dir, tmp_pat
     for name, value in base.state_dict().items():
         assert torch.equal(trained.state_dict()[name], value), name
     assert any(float(p.detach().abs().max()) > 0 for p in trained.candidate_stage.out.parameters())
+    # The learner adapts each chunk once from the base it loads: resuming on a base replaced since is refused.
+    torch.manual_seed(8)
+    save_model(QNetwork(cpu_config(task="qa1"), shared_embedder("default")), tmp_path / "base")
+    more = dataclasses.replace(config, total_updates=8)
+    with pytest.raises(ConfigError, match="not the base this run was trained on"):
+        train(more, tmp_path / "run", resume=True, data_dir=str(small_data_dir), show_progress=False)
 
 
 def test_frozen_base_learner_shares_the_base_and_plays_as_the_general_path(small_data_dir, single_thread) -> None:

@@ -195,6 +195,9 @@ def test_batched_question_spaces_share_the_characters_and_sample_independently(d
     questions[1].sample()
     questions[0].seed(1)
     assert questions[0].sample() == first and questions[1].np_random is not questions[0].np_random
+    unseeded = [gym.make("QRAG-Babilong-v0", **BABILONG, data_dir=str(data_dir)).observation_space["question"]
+                for _ in range(2)]
+    assert unseeded[0].sample() != unseeded[1].sample()  # each env's space draws its own stream, as Text's would
 
 
 def test_gymnasium_vector_wrappers_see_the_same_episodes(data_dir) -> None:

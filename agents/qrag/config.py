@@ -366,6 +366,7 @@ def preset_changes(config: QRAGConfig) -> dict[str, Any]:
     empty for a config built by hand, which has no preset to differ from."""
     if not config.preset:
         return {}
-    base = {"stage_base": config.stage_base} if config.preset.startswith("cpu-stage/") else None  # the preset needs one
+    # The stage preset needs a base to build; an edited config without one is then reported as a change, not an error.
+    base = {"stage_base": config.stage_base or "(none)"} if config.preset.startswith("cpu-stage/") else None
     reference = dataclasses.asdict(preset_config(config.preset, base))
     return {key: value for key, value in dataclasses.asdict(config).items() if reference[key] != value}

@@ -107,9 +107,10 @@ class FrozenChunkVectors:
 
     Why: such an adapter maps a chunk to the same vector for the whole run, so each id is adapted once, the first
     time an episode draws it, and gathered by id afterwards; the rollout then spends nothing per episode on the
-    frozen adapter (it did, twice: online and target, about a third of a qa3 stage's update). One ``(n, d)`` table
-    per corpus (45,758 ids, 70 MB, for qa3's books and stories); episodes of episode-local corpora (NIAH) or
-    without ids (built by hand) are adapted directly, as before.
+    frozen adapter (it did, twice: online and target, about a third of a qa3 stage's update). One dense ``(n, d)``
+    float32 table per corpus (45,758 ids, 70 MB, for qa3's books, stories and questions; a corpus of millions of
+    texts would cost gigabytes); episodes of episode-local corpora (NIAH) or without ids (built by hand) are adapted
+    directly, as before. Rows are made in float32 whatever ``rollout_precision`` says: the update reuses them.
     """
 
     def __init__(self, network: QNetwork) -> None:
@@ -346,10 +347,10 @@ class Learner(LearnerBase):
                 values = [self.online.embed_chunks(texts), self.target.embed_chunks(texts)]
         else:
             features = self.online.episode_features(episodes)  # by chunk id
-            with self._rollout_precision():
-                if self.frozen_chunks is not None:
-                    buffers, values = [self.chunks], [self.frozen_chunks.vectors(episodes, features)]
-                else:
+            if self.frozen_chunks is not None:  # float32 even under a bfloat16 rollout: the update reuses these rows
+                buffers, values = [self.chunks], [self.frozen_chunks.vectors(episodes, features)]
+            else:
+                with self._rollout_precision():
                     values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features)]
             values.append(features)
             buffers.append(self.features)

@@ -162,6 +162,13 @@ def train(config: QRAGConfig, out: Path, max_minutes: float | None = None, resum
     best = -1.0
     state = load_trainer(out) if resume else None
     if state is not None:
+        if config.stage_base:  # the learner adapted its chunks with this base: the run must have trained on it
+            changed = [name for name, value in online.state_dict().items()
+                       if not name.startswith("candidate_stage.") and not torch.equal(state["online"][name], value)]
+            if changed:
+                raise ConfigError(f"--resume: stage_base={config.stage_base!r} is not the base this run was trained on "
+                                  f"({len(changed)} base tensors differ, e.g. {changed[0]}); was the folder replaced? "
+                                  "Resume with the original base or start a new run")
         online.load_state_dict(state["online"])
         target.load_state_dict(state["target"])
         learner.optimizer.load_state_dict(state["optimizer"])
@@ -237,7 +244,10 @@ def run_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                      else str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = train(config, args.out, args.max_minutes, args.resume, args.data_dir)
+    try:
+        metrics = train(config, args.out, args.max_minutes, args.resume, args.data_dir)
+    except ConfigError as err:  # e.g. a stage_base that is not a faithful model, or not the one a resumed run used
+        parser.error(str(err))
     print(json.dumps(metrics, indent=2))
 
 

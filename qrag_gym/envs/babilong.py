@@ -329,7 +329,7 @@ class BabilongEnv(QuestionSetEnv):
 
     def _release_episode(self, position: int) -> Episode:
         """The release sample's episode, with its ids; its length is summed from the corpus's token counts by id.
-        The chunks are rebuilt per reset so that an env never holds every long haystack's chunk list at once."""
+        (The file's corpus holds each distinct sentence once, for the process: about the size of the file's text.)"""
         assert self.release is not None
         episode = self.release.episode(position)
         return replace(episode, num_tokens=int(self._release_corpus.tokens(episode.chunk_ids).sum()))

@@ -51,9 +51,12 @@ def _question_text_prototype(max_length: int, charset: str) -> QuestionText:
 
 
 def question_text(max_length: int, charset: str) -> QuestionText:
-    """A new :class:`QuestionText` (its own generator), copied from one built per process: building the
-    character tables anew cost 40 ms per env."""
-    return copy.deepcopy(_question_text_prototype(max_length, charset))
+    """A new :class:`QuestionText`, copied from one built per process (building the character tables anew cost
+    40 ms per env), then seeded from fresh entropy, as an unseeded space would be at its first sample: a copy of the
+    prototype's generator would give every env's space the same draws."""
+    space = copy.deepcopy(_question_text_prototype(max_length, charset))
+    space.seed()
+    return space
 
 
 class LiveTexts(Sequence):
