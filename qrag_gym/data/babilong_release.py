@@ -204,10 +204,12 @@ def chunk_haystack(haystack: str, facts: tuple[str, ...], starts: tuple[int, ...
     return chunks, fact_ids
 
 
-def build_episode(row: ReleaseRow, match: Matched, task: str, length: str, num_tokens: int = 0) -> Episode:
-    """The :class:`Episode` of a matched release sample (``num_tokens`` is filled in by the env, which owns the tokenizer)."""
+def build_episode(row: ReleaseRow, match: Matched, task: str, length: str, num_tokens: int = 0,
+                  chunked: tuple[Sequence[str], Sequence[int]] | None = None) -> Episode:
+    """The :class:`Episode` of a matched release sample (``num_tokens`` is filled in by the env, which owns the tokenizer).
+    ``chunked``: its chunks and the chunk index of each story fact, when known (else cut from the haystack)."""
     sample = match.sample
-    chunks, fact_ids = chunk_haystack(row.input, sample.facts, match.starts)
+    chunks, fact_ids = chunked if chunked is not None else chunk_haystack(row.input, sample.facts, match.starts)
     return Episode(
         chunks=tuple(chunks),
         question=row.question.strip(),
@@ -223,10 +225,12 @@ def build_episode(row: ReleaseRow, match: Matched, task: str, length: str, num_t
 
 @dataclass(frozen=True)
 class ReleaseIds:
-    """A release file's corpus and, per matched sample (file order), its chunks' ids and its question's id."""
+    """A release file's corpus and, per matched sample (file order), its chunks' ids, the chunk index of each of its
+    story's facts and its question's id."""
 
     corpus: Corpus
     chunk_ids: tuple[np.ndarray, ...]
+    fact_chunks: tuple[tuple[int, ...], ...]
     question_ids: np.ndarray
 
 
@@ -243,13 +247,16 @@ class ReleaseSet:
     _ids: ReleaseIds | None = field(default=None, repr=False)
 
     def episode(self, position: int, num_tokens: int = 0) -> Episode:
-        """Episode of the ``position``-th matched sample (file order), with its ids once :meth:`corpus` was built."""
+        """Episode of the ``position``-th matched sample (file order); once :meth:`corpus` was built, read by id (its
+        texts from the corpus, the haystack not cut again) and carrying its ids."""
         match = self.matched[position]
-        episode = build_episode(self.rows[match.index], match, self.task, self.length, num_tokens)
+        row = self.rows[match.index]
         if self._ids is None:
-            return episode
-        return replace(episode, chunk_ids=self._ids.chunk_ids[position], corpus=self._ids.corpus,
-                       question_id=int(self._ids.question_ids[position]))
+            return build_episode(row, match, self.task, self.length, num_tokens)
+        ids = self._ids.chunk_ids[position]
+        episode = build_episode(row, match, self.task, self.length, num_tokens,
+                                chunked=(self._ids.corpus.texts(ids), self._ids.fact_chunks[position]))
+        return replace(episode, chunk_ids=ids, corpus=self._ids.corpus, question_id=int(self._ids.question_ids[position]))
 
     def corpus(self, count: Callable[[Sequence[str]], np.ndarray]) -> Corpus:
         """The file's corpus: its distinct chunk texts (first seen first, walking the samples in file order), then its
@@ -260,17 +267,18 @@ class ReleaseSet:
         """
         if self._ids is None:
             text_id: dict[str, int] = {}
-            chunk_ids = []
-            for position in range(len(self.matched)):
-                chunks = self.episode(position).chunks
+            chunk_ids, fact_chunks = [], []
+            for match in self.matched:
+                chunks, facts = chunk_haystack(self.rows[match.index].input, match.sample.facts, match.starts)
                 chunk_ids.append(np.fromiter((text_id.setdefault(text, len(text_id)) for text in chunks), dtype=np.int64,
                                              count=len(chunks)))
+                fact_chunks.append(tuple(facts))
             questions = sorted({self.rows[match.index].question.strip() for match in self.matched})
             question_id = {question: len(text_id) + index for index, question in enumerate(questions)}
             texts = list(text_id)
             corpus = Corpus((TextTable.of(texts, count(texts)), TextTable.of(questions, count(questions))))
             ids = np.array([question_id[self.rows[match.index].question.strip()] for match in self.matched], dtype=np.int64)
-            self._ids = ReleaseIds(corpus, tuple(chunk_ids), ids)
+            self._ids = ReleaseIds(corpus, tuple(chunk_ids), tuple(fact_chunks), ids)
         return self._ids.corpus
 
     def max_chunks(self) -> int:
