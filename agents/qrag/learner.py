@@ -37,7 +37,7 @@ from torch import nn
 
 from qrag_agents.qrag.candidates import SelectedContext, candidate_delta, refine
 from qrag_agents.qrag.config import QRAGConfig
-from qrag_agents.qrag.networks import QNetwork
+from qrag_agents.qrag.networks import QNetwork, corpus_groups
 from qrag_agents.qrag.rotary import relative_positions_batch
 from qrag_gym.envs.retrieval import RetrievalEnv
 from qrag_gym.episode import Episode
@@ -120,15 +120,11 @@ class FrozenChunkVectors:
     def vectors(self, episodes: list[Episode], features: torch.Tensor) -> torch.Tensor:
         """E_a of every chunk of ``episodes`` ``(sum of sizes, d)``; ``features`` are their frozen features, in the
         same order (:meth:`QNetwork.episode_features`)."""
-        sizes = [len(episode.chunks) for episode in episodes]
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         out = torch.empty_like(features)
-        groups: dict[int | None, list[int]] = {}
-        for row, episode in enumerate(episodes):
-            keyed = episode.chunk_ids is not None and not any(table.episode_local for table in episode.corpus.tables)
-            groups.setdefault(id(episode.corpus) if keyed else None, []).append(row)
-        for key, rows in groups.items():
-            spans = torch.from_numpy(np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows]))
+        keys = [id(episode.corpus) if episode.chunk_ids is not None
+                and not any(table.episode_local for table in episode.corpus.tables) else None for episode in episodes]
+        for key, rows, positions in corpus_groups([len(episode.chunks) for episode in episodes], keys):
+            spans = torch.from_numpy(positions)
             if key is None:
                 out[spans] = self.network.adapt_chunks(features[spans])
                 continue

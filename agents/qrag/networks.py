@@ -32,6 +32,18 @@ from qrag_gym.episode import Episode
 from qrag_gym.features import corpus_features
 
 
+def corpus_groups(sizes: Sequence[int], keys: Sequence[int | None]) -> list[tuple[int | None, list[int], np.ndarray]]:
+    """Episodes grouped by a key (their corpus's ``id``, or None for those read without ids), with each group's rows
+    in the concatenation of all episodes' items: ``(key, episode rows, item positions)``, ``sizes[i]`` items for
+    episode ``i``. Why: gathering by id is one table read per corpus, whatever the order of the episodes."""
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    groups: dict[int | None, list[int]] = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(key, []).append(row)
+    return [(key, rows, np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows]))
+            for key, rows in groups.items()]
+
+
 def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
     """Zero the output layer so the adapter starts as the identity (the frozen retriever)."""
     nn.init.zeros_(mlp[-1].weight)
@@ -125,13 +137,9 @@ class QNetwork(nn.Module):
         """Frozen features of some texts of each episode, concatenated in episode order: gathered by the corpus ids
         ``ids_of(episode)`` in one table read per corpus, or encoded from ``texts_of(episode)`` where it has none."""
         sizes = [len(texts_of(episode)) for episode in episodes]
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        out = np.empty((int(starts[-1]), self.dim), dtype=np.float32)
-        groups: dict[int | None, list[int]] = {}
-        for row, episode in enumerate(episodes):
-            groups.setdefault(None if ids_of(episode) is None else id(episode.corpus), []).append(row)
-        for key, rows in groups.items():
-            spans = np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows])
+        out = np.empty((sum(sizes), self.dim), dtype=np.float32)
+        keys = [None if ids_of(episode) is None else id(episode.corpus) for episode in episodes]
+        for key, rows, spans in corpus_groups(sizes, keys):
             if key is None:
                 out[spans] = self._embedder.encode([text for row in rows for text in texts_of(episodes[row])])
             else:
