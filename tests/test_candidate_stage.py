@@ -343,7 +343,7 @@ def test_training_on_a_stage_base_changes_only_the_stage(small_data_dir, tmp_pat
 
 def test_frozen_base_learner_shares_the_base_and_plays_as_the_general_path(small_data_dir, single_thread) -> None:
     """On a frozen base (``stage_base``) the learner adapts each chunk id once and computes E_s and the base Q once
-    for online and target (:class:`FrozenChunkVectors`); it must play and learn what the general path (every
+    for online and target (:class:`ChunkVectors`, kept for the run); it must play and learn what the general path (every
     episode's chunks adapted by both networks, the base scored twice) plays: the same episodes and draws, the
     same targets and losses up to float rounding, over the random warm-up and the Boltzmann phase."""
     config = cpu_config(task="qa3", candidate_stage=True, candidate_context=True, candidate_question=True,
@@ -370,7 +370,8 @@ def test_frozen_base_learner_shares_the_base_and_plays_as_the_general_path(small
         fast_logs, general_logs = fast.update(fast_batch), general.update(general_batch)
         assert fast_logs["losses/td_loss"] == pytest.approx(general_logs["losses/td_loss"], rel=1e-4, abs=1e-7)
     assert fast_batch.candidates.adapted and not general_batch.candidates.adapted
-    table = next(iter(fast.frozen_chunks.tables.values()))
+    assert len(fast.chunk_vectors) == 1 and len(general.chunk_vectors) == 2
+    table = next(iter(fast.chunk_vectors[0].tables.values()))
     assert 0 < table[2].sum() < len(table[2])  # ids adapted on first use only
     for name, value in fast.online.state_dict().items():
         assert torch.allclose(value, general.online.state_dict()[name], atol=1e-5), name

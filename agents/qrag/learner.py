@@ -15,7 +15,7 @@ fine-tune build (``finetune_encoder``, the GPU path) reads token ids of the stat
 rollout also keeps each transition's texts and the update encodes them (slower, as before).
 
 A candidate stage trained on a frozen base (``stage_base``) shares that base between the online and target
-networks: each chunk id is adapted once per run (:class:`FrozenChunkVectors`) and E_s and the base Q are computed
+networks: each chunk id is adapted once per run (:class:`ChunkVectors`) and E_s and the base Q are computed
 once per step for both (``benchmarks/studies/results/frozen_base_speed_qa3.md``).
 
 It plays exactly what the previous, per-episode learner played for the same seed (same episodes, same
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -102,46 +103,62 @@ def summed_selected(features: torch.Tensor, selected: torch.Tensor) -> torch.Ten
     return total
 
 
-class FrozenChunkVectors:
-    """E_a by corpus id for a chunk adapter that does not train (a candidate stage on a frozen base, ``stage_base``).
+class ChunkVectors:
+    """E_a by corpus id while an adapter's weights stay the same: each id is adapted once, the first time an
+    episode draws it, and gathered by id afterwards.
 
-    Why: such an adapter maps a chunk to the same vector for the whole run, so each id is adapted once, the first
-    time an episode draws it, and gathered by id afterwards; the rollout then spends nothing per episode on the
-    frozen adapter (it did, twice: online and target, about a third of a qa3 stage's update). One dense ``(n, d)``
-    float32 table per corpus (45,758 ids, 70 MB, for qa3's books, stories and questions; a corpus of millions of
-    texts would cost gigabytes); episodes of episode-local corpora (NIAH) or without ids (built by hand) are adapted
-    directly, as before. Rows are made in float32 whatever ``rollout_precision`` says: the update reuses them.
+    Why: the episodes of one rollout share many chunks (the same book sentences and bAbI facts: 23 % of a qa2
+    rollout's chunk rows repeat an id, 50 % of qa3's), and the adapter is the learner's largest matmul. A trained
+    adapter changes at every update, so its learner calls :meth:`clear` before each rollout; a frozen one (a
+    candidate stage on a frozen base, ``stage_base``) keeps its vectors for the whole run. A row of a matmul does
+    not depend on the other rows, so a vector gathered by id is bit for bit the one a full batch would give.
+    One dense ``(n, d)`` table per corpus (45,758 ids, 70 MB, for qa3's books, stories and questions; a corpus of
+    millions of texts would cost gigabytes); episodes of episode-local corpora (NIAH) or without ids (built by
+    hand) are adapted directly, as before.
     """
 
-    def __init__(self, network: QNetwork) -> None:
-        self.network = network
+    def __init__(self, adapt: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.adapt = adapt
         self.tables: dict[int, tuple[object, torch.Tensor, np.ndarray]] = {}  # id(corpus): (corpus, E_a, filled)
+
+    def clear(self) -> None:
+        """Forget every vector (the adapter's weights changed); the tables' memory is kept for the next rollout."""
+        for _, _, filled in self.tables.values():
+            filled[:] = False
 
     def vectors(self, episodes: list[Episode], features: torch.Tensor) -> torch.Tensor:
         """E_a of every chunk of ``episodes`` ``(sum of sizes, d)``; ``features`` are their frozen features, in the
         same order (:meth:`QNetwork.episode_features`)."""
-        out = torch.empty_like(features)
         keys = [id(episode.corpus) if episode.chunk_ids is not None
                 and not any(table.episode_local for table in episode.corpus.tables) else None for episode in episodes]
-        for key, rows, positions in corpus_groups([len(episode.chunks) for episode in episodes], keys):
+        groups = corpus_groups([len(episode.chunks) for episode in episodes], keys)
+        out = None if len(groups) == 1 else torch.empty_like(features)
+        for key, rows, positions in groups:
             spans = torch.from_numpy(positions)
             if key is None:
-                out[spans] = self.network.adapt_chunks(features[spans])
-                continue
-            ids = np.concatenate([episodes[row].chunk_ids for row in rows])
-            corpus = episodes[rows[0]].corpus
-            if key not in self.tables:
-                self.tables[key] = (corpus, torch.zeros(len(corpus), features.shape[1], device=features.device),
-                                    np.zeros(len(corpus), dtype=bool))
-            _, table, filled = self.tables[key]
-            missing, first = np.unique(ids, return_index=True)
-            new = ~filled[missing]
-            if new.any():
-                rows_new = spans[torch.from_numpy(first[new])]
-                table[torch.from_numpy(missing[new])] = self.network.adapt_chunks(features[rows_new])
-                filled[missing[new]] = True
-            out[spans] = table[torch.from_numpy(ids)]
+                part = self.adapt(features if out is None else features.index_select(0, spans))
+            else:
+                part = self._by_id(episodes[rows[0]].corpus, np.concatenate([episodes[row].chunk_ids for row in rows]),
+                                   features, spans)
+            if out is None:  # one group: it is every row, in order
+                return part
+            out.index_copy_(0, spans, part)
         return out
+
+    def _by_id(self, corpus: object, ids: np.ndarray, features: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        """E_a of corpus ``ids`` whose features sit at rows ``spans`` of ``features``: the ids not in the table yet
+        are adapted (once each, from their first row) and stored, then all are gathered."""
+        if id(corpus) not in self.tables:
+            self.tables[id(corpus)] = (corpus, torch.zeros(len(corpus), features.shape[1], device=features.device),
+                                       np.zeros(len(corpus), dtype=bool))
+        _, table, filled = self.tables[id(corpus)]
+        missing, first = np.unique(ids, return_index=True)
+        new = ~filled[missing]
+        if new.any():
+            rows_new = spans.index_select(0, torch.from_numpy(first[new]))
+            table.index_copy_(0, torch.from_numpy(missing[new]), self.adapt(features.index_select(0, rows_new)).to(table.dtype))
+            filled[missing[new]] = True
+        return table.index_select(0, torch.from_numpy(ids))
 
 
 @dataclass
@@ -314,7 +331,10 @@ class Learner(LearnerBase):
         frozen = online.candidate_stage is not None and not any(
             parameter.requires_grad for name, parameter in online.named_parameters() if not name.startswith("candidate_stage."))
         self.frozen_base = share_frozen_base and frozen and not self.texts
-        self.frozen_chunks = FrozenChunkVectors(online) if self.frozen_base else None
+        # E_a by id (adapter build): one table on a frozen base, kept for the run; online and target otherwise,
+        # cleared before each rollout (their weights moved).
+        networks = [] if self.texts else [online] if self.frozen_base else [online, target]
+        self.chunk_vectors = [ChunkVectors(network.adapt_chunks) for network in networks]
         self.slots = EnvSlots(envs)
         size, width, device = self.slots.size, self.slots.max_chunks, online.device
         self.num_chunks = np.zeros(size, dtype=np.int64)
@@ -343,18 +363,25 @@ class Learner(LearnerBase):
                 values = [self.online.embed_chunks(texts), self.target.embed_chunks(texts)]
         else:
             features = self.online.episode_features(episodes)  # by chunk id
-            if self.frozen_chunks is not None:  # float32 even under a bfloat16 rollout: the update reuses these rows
-                buffers, values = [self.chunks], [self.frozen_chunks.vectors(episodes, features)]
+            if self.frozen_base:  # float32 even under a bfloat16 rollout: the update reuses these rows
+                buffers, values = [self.chunks], [self.chunk_vectors[0].vectors(episodes, features)]
             else:
                 with self._rollout_precision():
-                    values = [self.online.adapt_chunks(features), self.target.adapt_chunks(features)]
+                    values = [table.vectors(episodes, features) for table in self.chunk_vectors]
             values.append(features)
             buffers.append(self.features)
             self.question[rows] = self.online.question_features(episodes)
+        # Each episode's chunk j goes to flat row ``slot * width + j`` of a buffer; the rest of its slot is zeroed.
+        width = self.chunks.shape[1]
+        lengths = np.asarray(sizes)
+        inside = np.arange(width) < lengths[:, None]
+        flat = torch.from_numpy((rows[:, None] * width + np.arange(width))[inside])
+        beyond = torch.from_numpy((rows[:, None] * width + np.arange(width))[~inside])
         for buffer, value in zip(buffers, values):
-            for row, piece in zip(rows.tolist(), value.split(sizes)):  # row slices: faster than one indexed put
-                buffer[row, : len(piece)] = piece
-                buffer[row, len(piece):] = 0.0
+            rows_of = buffer.view(-1, buffer.shape[-1])
+            rows_of.index_copy_(0, flat.to(buffer.device), value.to(buffer.dtype))
+            if len(beyond):
+                rows_of.index_fill_(0, beyond.to(buffer.device), 0.0)
         self.num_chunks[rows] = sizes
         self.selected[rows], self.num_selected[rows], self.episode_return[rows] = -1, 0, 0.0
 
@@ -414,6 +441,9 @@ class Learner(LearnerBase):
         sets: list[tuple] = []
         returns, successes = [], []
         random_phase = self.transitions < config.random_transitions
+        if not self.frozen_base:
+            for table in self.chunk_vectors:
+                table.clear()
         for t in range(steps + 1):
             width = int(self.num_chunks.max())
             ordered = self._document_order()
