@@ -371,17 +371,14 @@ class Learner(LearnerBase):
             values.append(features)
             buffers.append(self.features)
             self.question[rows] = self.online.question_features(episodes)
-        # Each episode's chunk j goes to flat row ``slot * width + j`` of a buffer; the rest of its slot is zeroed.
+        # The slots are zeroed whole, then episode chunk j goes to flat row ``slot * width + j`` of each buffer.
         width = self.chunks.shape[1]
-        lengths = np.asarray(sizes)
-        inside = np.arange(width) < lengths[:, None]
-        flat = torch.from_numpy((rows[:, None] * width + np.arange(width))[inside])
-        beyond = torch.from_numpy((rows[:, None] * width + np.arange(width))[~inside])
+        flat = np.concatenate([row * width + np.arange(size) for row, size in zip(rows.tolist(), sizes)])
+        slots, flat = torch.from_numpy(rows), torch.from_numpy(flat)
         for buffer, value in zip(buffers, values):
-            rows_of = buffer.view(-1, buffer.shape[-1])
-            rows_of.index_copy_(0, flat.to(buffer.device), value.to(buffer.dtype))
-            if len(beyond):
-                rows_of.index_fill_(0, beyond.to(buffer.device), 0.0)
+            if min(sizes) < width:
+                buffer.index_fill_(0, slots.to(buffer.device), 0.0)
+            buffer.view(-1, buffer.shape[-1]).index_copy_(0, flat.to(buffer.device), value.to(buffer.dtype))
         self.num_chunks[rows] = sizes
         self.selected[rows], self.num_selected[rows], self.episode_return[rows] = -1, 0, 0.0
 
