@@ -14,7 +14,7 @@ from qrag_agents.qrag.candidates import FLOOR_MARGIN, SelectedContext, candidate
 from qrag_agents.qrag.checkpoint import CheckpointError, load_model, save_model
 from qrag_agents.qrag.config import ConfigError, cpu_config
 from qrag_agents.qrag.inference import embed_document, encode_document, step_q_values
-from qrag_agents.qrag.learner import Learner, summed_selected
+from qrag_agents.qrag.learner import Learner, ScoreTiers, summed_selected
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.pretrained import pretrained_folder
 from qrag_agents.qrag.rotary import relative_positions, relative_positions_batch
@@ -143,7 +143,7 @@ def test_update_scores_the_action_with_the_q_the_policy_acted_on(small_data_dir,
     ordered_t = torch.from_numpy(ordered)
     with torch.no_grad():
         states, base = learner._base_q(online, (learner.question, summed_selected(learner.features, ordered_t), count),
-                                       learner.chunks[:, :width], online.rotation(rho))
+                                       learner.chunks, ScoreTiers(online, learner.num_chunks, rho))
         final, ids = learner._q_halves(online, states, base, learner.chunks[:, :width], rho, valid, ordered_t)
     assert not torch.allclose(final, base)
     episode = learner.slots.episodes[0]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qrag_agents.qrag.config import ConfigError, cpu_config
-from qrag_agents.qrag.learner import EnvSlots, Learner, summed_selected
+from qrag_agents.qrag.learner import EnvSlots, Learner, ScoreTiers, cheapest_base_width, summed_selected
 from qrag_agents.qrag.networks import QNetwork
 from qrag_agents.qrag.rotary import relative_positions, relative_positions_batch
 from qrag_agents.qrag.train import make_train_envs
@@ -140,3 +140,27 @@ def test_bfloat16_rollout_scores_chunks_near_float32_and_updates_in_float32(smal
 def test_rollout_precision_is_checked_by_name() -> None:
     with pytest.raises(ConfigError, match=r"rollout_precision='float16': choose one of \('float32', 'bfloat16'\)"):
         cpu_config(rollout_precision="float16")
+
+
+@pytest.mark.parametrize("sizes", [[100] * 6, [100, 100, 174, 100, 212, 100], [3, 7, 7, 40, 1, 2], [9]])
+def test_score_tiers_give_the_padded_batch_scores_bit_for_bit(network: QNetwork, sizes: list[int]) -> None:
+    """Scoring all slots up to a base width and the longer slots beyond it gives each (slot, chunk) the very
+    Q of the padded batch at the widest episode's width, zero past each slot's chunks."""
+    torch.manual_seed(2)
+    num_chunks = np.array(sizes)
+    width = int(num_chunks.max())
+    chunks = torch.randn(len(sizes), width + 5, network.dim)  # the buffer is wider than this step's episodes
+    chunks[torch.arange(width + 5)[None, :] >= torch.from_numpy(num_chunks)[:, None]] = 0.0
+    states = torch.randn(len(sizes), network.dim)
+    positions = torch.from_numpy(relative_positions_batch(num_chunks, np.full((len(sizes), 2), -1), width)).float()
+    tiers = ScoreTiers(network, num_chunks, positions)
+    padded = network.q_halves(states.unsqueeze(1), chunks[:, :width], positions)
+    assert torch.equal(tiers.q_halves(network, states, chunks), padded)
+    if len(set(sizes)) > 1 and max(sizes) > 2 * min(sizes):
+        assert tiers.base < width  # the long slots were scored on their own
+
+
+def test_cheapest_base_width_scores_the_fewest_pairs() -> None:
+    assert cheapest_base_width(np.array([100] * 62 + [174, 212]), 212) == 100
+    assert cheapest_base_width(np.array([100, 100]), 100) == 100
+    assert cheapest_base_width(np.array([10, 200, 200, 200]), 200) == 10  # 610 pairs against 800

@@ -161,6 +161,45 @@ class ChunkVectors:
         return table.index_select(0, torch.from_numpy(ids))
 
 
+def cheapest_base_width(num_chunks: np.ndarray, width: int) -> int:
+    """The width up to which all ``B`` slots are scored together; the slots with more chunks are scored beyond it
+    on their own. Chosen among the episodes' sizes to score the fewest (slot, chunk) pairs:
+    ``B * base + (slots longer than base) * (width - base)``."""
+    sizes = np.unique(np.minimum(num_chunks, width))
+    longer = (num_chunks[None, :] > sizes[:, None]).sum(1)
+    return int(sizes[np.argmin(len(num_chunks) * sizes + longer * (width - sizes))])
+
+
+class ScoreTiers:
+    """Where one step scores the chunks of ``B`` slots: all slots up to a base width, the longer slots beyond it.
+
+    Why: a padded batch scores every slot at its widest episode's width. Most qa3 episodes have 100 chunks but
+    a few stories run to 200, so half of the rotations and products the rollout made were of padding. Each
+    (slot, chunk) is scored by the same elementwise operations either way: the Q values are the padded batch's
+    bit for bit (``tests/test_learner.py``). The rotation phases are computed once per step for both networks.
+    """
+
+    def __init__(self, network: QNetwork, num_chunks: np.ndarray, positions: torch.Tensor) -> None:
+        self.width = positions.shape[1]
+        self.base = cheapest_base_width(num_chunks, self.width)
+        self.long_rows = torch.from_numpy(np.flatnonzero(num_chunks > self.base)).to(positions.device)
+        self.turn = network.rotation(positions[:, : self.base])
+        self.long_turn = network.rotation(positions[self.long_rows, self.base:]) if len(self.long_rows) else None
+
+    def q_halves(self, network: QNetwork, states: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
+        """Base Q halves ``(B, width, 2)`` of ``chunks`` ``(B, >= width, d)`` for ``states`` ``(B, d)`` (zero past
+        each slot's chunks, as the zero vectors of the padding score)."""
+        main = network.q_halves(states.unsqueeze(1), chunks[:, : self.base], turn=self.turn)
+        if self.base == self.width:
+            return main
+        q = main.new_zeros(len(states), self.width, 2)
+        q[:, : self.base] = main
+        if len(self.long_rows):
+            q[self.long_rows, self.base:] = network.q_halves(
+                states[self.long_rows].unsqueeze(1), chunks[self.long_rows, self.base: self.width], turn=self.long_turn)
+        return q
+
+
 @dataclass
 class StateInputs:
     """What the update needs to embed the states and actions of ``N`` transitions again, with gradients.
@@ -405,10 +444,11 @@ class Learner(LearnerBase):
         """E_s of every slot's state: from texts (full build) or from the three feature tensors (adapter build)."""
         return network.embed_states(*inputs) if self.texts else network.adapt_states(*inputs)
 
-    def _base_q(self, network: QNetwork, state_inputs: tuple, chunks: torch.Tensor, turn) -> tuple[torch.Tensor, torch.Tensor]:
+    def _base_q(self, network: QNetwork, state_inputs: tuple, chunks: torch.Tensor,
+                tiers: ScoreTiers) -> tuple[torch.Tensor, torch.Tensor]:
         """E_s of every slot's state and the base Q halves of every chunk ``(B, M, 2)`` under ``network``."""
         states = self._states(network, state_inputs)
-        return states, network.q_halves(states.unsqueeze(1), chunks, turn=turn)
+        return states, tiers.q_halves(network, states, chunks)
 
     def _q_halves(self, network: QNetwork, states: torch.Tensor, base: torch.Tensor, chunks: torch.Tensor,
                   positions: torch.Tensor, valid: torch.Tensor, ordered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -449,7 +489,7 @@ class Learner(LearnerBase):
             valid = torch.from_numpy(self.slots.action_masks()[:, :width])
             rho_device = rho.to(device)
             ordered_device = torch.from_numpy(ordered).to(device)
-            turn = self.online.rotation(rho_device)
+            tiers = ScoreTiers(self.online, self.num_chunks, rho_device)
             if self.texts:
                 questions, selected = self._state_texts(ordered)
                 state_inputs: tuple = (questions, selected)
@@ -461,10 +501,10 @@ class Learner(LearnerBase):
             # values[1..T] only (the value of the state a transition leads to), so step 0 scores no target.
             online_base = None
             if t < steps or self.frozen_base:
-                online_base = self._base_q(self.online, state_inputs, self.chunks[:, :width], turn)
+                online_base = self._base_q(self.online, state_inputs, self.chunks, tiers)
             if t > 0:
                 target_base = online_base if self.frozen_base else self._base_q(self.target, state_inputs,
-                                                                                 self.target_chunks[:, :width], turn)
+                                                                                 self.target_chunks, tiers)
                 target_q, _ = self._q_halves(self.target, *target_base, self.target_chunks[:, :width], rho_device, valid,
                                              ordered_device)
                 values[t] = soft_value(target_q.cpu(), valid, self.alpha, config.top_k)
