@@ -164,3 +164,27 @@ def test_cheapest_base_width_scores_the_fewest_pairs() -> None:
     assert cheapest_base_width(np.array([100] * 62 + [174, 212]), 212) == 100
     assert cheapest_base_width(np.array([100, 100]), 100) == 100
     assert cheapest_base_width(np.array([10, 200, 200, 200]), 200) == 10  # 610 pairs against 800
+
+
+def test_a_shorter_episode_clears_what_the_longer_one_before_it_left(small_data_dir) -> None:
+    """The padded buffers hold zeros past each slot's chunks (the scores of padding are zero): a new episode
+    clears the rows its slot's previous, longer episode wrote, and leaves its own rows as adapted."""
+    config = cpu_config(task="qa2", num_envs=2, train_num_sentences=30, random_transitions=0)
+    torch.manual_seed(0)
+    embedder = shared_embedder("default")
+    learner = Learner(config, make_train_envs(config, str(small_data_dir)), QNetwork(config, embedder),
+                      QNetwork(config, embedder))
+    size = int(learner.num_chunks[0])
+    width = learner.chunks.shape[1]
+    assert size < width
+    for buffer in (learner.chunks, learner.target_chunks, learner.features):
+        buffer[0].fill_(7.0)  # as if the slot's last episode had filled every row
+    learner.num_chunks[0] = width
+    learner.slots.reset([5, 6])
+    learner._start_episodes(np.array([0]))
+    new_size = int(learner.num_chunks[0])
+    for buffer in (learner.chunks, learner.target_chunks, learner.features):
+        assert not buffer[0, new_size:].any()
+        assert buffer[0, :new_size].ne(7.0).all()
+    episode = learner.slots.episodes[0]
+    assert torch.equal(learner.features[0, :new_size], learner.online.episode_features([episode]))

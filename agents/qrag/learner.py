@@ -410,14 +410,15 @@ class Learner(LearnerBase):
             values.append(features)
             buffers.append(self.features)
             self.question[rows] = self.online.question_features(episodes)
-        # The slots are zeroed whole, then episode chunk j goes to flat row ``slot * width + j`` of each buffer.
+        # Episode chunk j goes to flat row ``slot * width + j`` of each buffer. Rows past a slot's chunks stay zero:
+        # only those the slot's previous, longer episode wrote are cleared.
         width = self.chunks.shape[1]
-        flat = np.concatenate([row * width + np.arange(size) for row, size in zip(rows.tolist(), sizes)])
-        slots, flat = torch.from_numpy(rows), torch.from_numpy(flat)
+        flat = torch.from_numpy(np.concatenate([row * width + np.arange(size) for row, size in zip(rows.tolist(), sizes)]))
+        stale = [(row, size, old) for row, size, old in zip(rows.tolist(), sizes, self.num_chunks[rows].tolist()) if old > size]
         for buffer, value in zip(buffers, values):
-            if min(sizes) < width:
-                buffer.index_fill_(0, slots.to(buffer.device), 0.0)
             buffer.view(-1, buffer.shape[-1]).index_copy_(0, flat.to(buffer.device), value.to(buffer.dtype))
+            for row, size, old in stale:
+                buffer[row, size:old] = 0.0
         self.num_chunks[rows] = sizes
         self.selected[rows], self.num_selected[rows], self.episode_return[rows] = -1, 0, 0.0
 
