@@ -10,7 +10,9 @@ encoded once, at its reset (one batched call for all slots that reset on a step)
 ``(B, max_chunks, d)`` buffers; positions are computed for the whole batch at once
 (:func:`~qrag_agents.qrag.rotary.relative_positions_batch`) and rotated once per step; in the adapter
 build a state is three tensors (question feature, sum of the selected chunks' features, their count)
-gathered by id, so neither the rollout nor the update touches a text after an episode's reset. The full
+gathered by id, so neither the rollout nor the update touches a text after an episode's reset. Within a
+rollout each network adapts a chunk id once (:class:`ChunkVectors`: the weights move only at the update),
+and a step scores the few episodes longer than the rest beyond a common width (:class:`ScoreTiers`). The full
 fine-tune build (``finetune_encoder``, the GPU path) reads token ids of the state's text, so for it the
 rollout also keeps each transition's texts and the update encodes them (slower, as before).
 
