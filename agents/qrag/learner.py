@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
